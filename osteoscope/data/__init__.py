@@ -1,0 +1,1 @@
+"""Data layer: manifest, readers, splits, transforms, datasets and femoral-head localisation."""

@@ -1,0 +1,98 @@
+"""Array transforms shared by every data shape: crop, resize, intensity normalisation, augmentation.
+
+Random augmentation follows the TorchIO pattern: :func:`draw_intensity_params` only draws parameters from a
+generator and :func:`apply_intensity` applies them deterministically, so a sample is reproducible from its
+seed and the drawn parameters can be recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def crop(array: np.ndarray, box: Sequence[int], *, square: bool = False) -> np.ndarray:
+    """Crop a 2-D (``x0 y0 x1 y1``) or 3-D (``x0 y0 z0 x1 y1 z1``) box, padding with the edge value outside.
+
+    Arrays are (H, W) or (D, H, W), i.e. (y, x) / (z, y, x). With ``square`` the box is grown about its
+    centre to equal sides, so resizing keeps the aspect ratio.
+    """
+    ndim = array.ndim
+    half = len(box) // 2
+    if half != ndim:
+        raise ValueError(f"a {len(box)}-number box does not fit a {ndim}-D image")
+    starts = np.asarray(box[:half], dtype=float)
+    ends = np.asarray(box[half:], dtype=float)
+    if square:
+        centre, side = (starts + ends) / 2, (ends - starts).max()
+        starts, ends = centre - side / 2, centre + side / 2
+    starts_i, ends_i = np.round(starts).astype(int), np.round(ends).astype(int)
+    # box is (x, y[, z]); array axes are reversed
+    lo, hi = starts_i[::-1], ends_i[::-1]
+    pad = [(max(0, -a), max(0, b - n)) for a, b, n in zip(lo, hi, array.shape, strict=True)]
+    window = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, array.shape, strict=True))
+    region = array[window]
+    if any(p for pair in pad for p in pair):
+        region = np.pad(region, pad, mode="edge")
+    return region
+
+
+def resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize a 2-D or 3-D array to ``shape`` (area-averaged when shrinking, linear when growing)."""
+    if tuple(array.shape) == tuple(shape):
+        return array.astype(np.float32, copy=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    mode = "bilinear" if array.ndim == 2 else "trilinear"
+    antialias = array.ndim == 2 and any(s < a for s, a in zip(shape, array.shape, strict=True))
+    out = F.interpolate(tensor, size=tuple(shape), mode=mode, align_corners=False, antialias=antialias)
+    return out[0, 0].numpy()
+
+
+def robust_normalise(arrays: Sequence[np.ndarray], low: float = 0.5, high: float = 99.5) -> list[np.ndarray]:
+    """Map arrays jointly so their ``low``..``high`` percentiles span [-1, 1] (one transform for all).
+
+    Normalising the two femoral heads together keeps their intensity difference, which is the signal AsT
+    looks for; normalising each alone would erase a global density change of one head.
+    """
+    values = np.concatenate([a.ravel() for a in arrays])
+    lo, hi = np.percentile(values, [low, high])
+    scale = 2.0 / max(float(hi - lo), 1e-6)
+    return [((a - lo) * scale - 1.0).astype(np.float32) for a in arrays]
+
+
+def draw_intensity_params(rng: np.random.Generator, strength: float = 1.0) -> dict[str, float]:
+    """Draw a random gamma, contrast, brightness and noise level (``strength`` 0 disables all)."""
+    return {
+        "gamma": float(np.exp(rng.uniform(-0.3, 0.3) * strength)),
+        "contrast": float(1 + rng.uniform(-0.15, 0.15) * strength),
+        "brightness": float(rng.uniform(-0.1, 0.1) * strength),
+        "noise": float(rng.uniform(0, 0.03) * strength),
+        "noise_seed": int(rng.integers(2**31)),
+    }
+
+
+def apply_intensity(arrays: Sequence[np.ndarray], params: dict[str, float]) -> list[np.ndarray]:
+    """Apply parameters from :func:`draw_intensity_params` identically to arrays normalised to [-1, 1]."""
+    noise_rng = np.random.default_rng(int(params["noise_seed"]))
+    out = []
+    for array in arrays:
+        unit = np.clip((array + 1) / 2, 0, 1) ** params["gamma"]
+        x = (unit * 2 - 1) * params["contrast"] + params["brightness"]
+        if params["noise"] > 0:
+            x = x + noise_rng.normal(0, params["noise"], size=x.shape)
+        out.append(x.astype(np.float32))
+    return out
+
+
+def jitter_box(box: Sequence[int], rng: np.random.Generator, amount: float) -> tuple[int, ...]:
+    """Shift and scale a box randomly by up to ``amount`` of its size (a positioning augmentation)."""
+    half = len(box) // 2
+    starts = np.asarray(box[:half], dtype=float)
+    ends = np.asarray(box[half:], dtype=float)
+    size = ends - starts
+    centre = (starts + ends) / 2 + rng.uniform(-amount, amount, size=half) * size
+    size = size * (1 + rng.uniform(-amount, amount))
+    return tuple(int(round(v)) for v in (*(centre - size / 2), *(centre + size / 2)))

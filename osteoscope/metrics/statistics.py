@@ -1,0 +1,331 @@
+"""Uncertainty for binary classification metrics: bootstrap CIs, DeLong's AUC tests and McNemar's test.
+
+Every bootstrap resample is represented as a vector of case multiplicities (how often each case was drawn),
+so case, stratified and cluster (group) resampling share one code path and the built-in metrics are computed
+for a whole block of replicates with matrix operations instead of a Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import binom, chi2, norm, rankdata
+
+from osteoscope.metrics.binary import check_binary_inputs, check_labels, rates_from_counts, roc_auc
+
+__all__ = ["bootstrap_ci", "bootstrap_metrics", "delong_ci", "delong_test", "mcnemar_test"]
+
+# Cap on the number of matrix cells (replicates x cases) held in memory at once.
+_BLOCK_CELLS = 2_000_000
+
+_THRESHOLD_METRICS = ("sensitivity", "specificity", "precision", "npv", "f1", "accuracy")
+
+
+def _check_bootstrap_args(n_boot: int, confidence: float) -> None:
+    """Raise ``ValueError`` for a non-positive replicate count or a confidence outside (0, 1)."""
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+
+
+def _units(y: np.ndarray, groups: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
+    """Map cases to resampling units (cases themselves, or groups such as patients).
+
+    Returns:
+        ``(unit_of_case, unit_label)``: the unit index of every case and each unit's label, which is the
+        maximum label of its cases (a patient with any positive image counts as positive).
+    """
+    if groups is None:
+        return np.arange(y.shape[0]), y.copy()
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"groups must be one-dimensional with one entry per case ({y.shape[0]}), got shape {g.shape}"
+        )
+    _, unit_of_case = np.unique(g, return_inverse=True)
+    unit_label = np.zeros(int(unit_of_case.max()) + 1, dtype=np.int64)
+    np.maximum.at(unit_label, unit_of_case, y)
+    return unit_of_case, unit_label
+
+
+def _weight_blocks(
+    y: np.ndarray, groups: ArrayLike | None, n_boot: int, stratify: bool, seed: int
+) -> Iterator[np.ndarray]:
+    """Yield blocks of bootstrap case multiplicities, shape ``(block, n_cases)``, ``n_boot`` rows in total.
+
+    With ``stratify`` the positive and negative units are resampled separately, so every replicate keeps the
+    original number of positive and negative units.
+    """
+    unit_of_case, unit_label = _units(y, groups)
+    n_units = unit_label.shape[0]
+    if stratify:
+        strata = [np.flatnonzero(unit_label == k) for k in (0, 1)]
+        strata = [s for s in strata if s.size]
+    else:
+        strata = [np.arange(n_units)]
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK_CELLS // max(y.shape[0], n_units))
+    done = 0
+    while done < n_boot:
+        b = min(block, n_boot - done)
+        offsets = (np.arange(b) * n_units)[:, None]
+        counts = np.zeros(b * n_units, dtype=np.float64)
+        for members in strata:
+            draws = members[rng.integers(0, members.size, size=(b, members.size))]
+            counts += np.bincount((draws + offsets).ravel(), minlength=b * n_units)
+        yield counts.reshape(b, n_units)[:, unit_of_case]
+        done += b
+
+
+class _WeightedAuc:
+    """AUC of many weighted resamples of one dataset, sorting the scores only once."""
+
+    def __init__(self, y: np.ndarray, s: np.ndarray) -> None:
+        self.order = np.argsort(s, kind="mergesort")
+        s_sorted = s[self.order]
+        self.pos = y[self.order].astype(np.float64)
+        self.level_starts = np.flatnonzero(np.r_[True, np.diff(s_sorted) != 0])
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        """AUC per row of the multiplicity matrix ``w``; NaN for rows lacking a class."""
+        ws = w[:, self.order]
+        w_pos = np.add.reduceat(ws * self.pos, self.level_starts, axis=1)
+        w_neg = np.add.reduceat(ws * (1.0 - self.pos), self.level_starts, axis=1)
+        neg_below = np.cumsum(w_neg, axis=1) - w_neg
+        wins = np.sum(w_pos * (neg_below + 0.5 * w_neg), axis=1)
+        pairs = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+        out = np.full(w.shape[0], np.nan)
+        np.divide(wins, pairs, out=out, where=pairs > 0)
+        return out
+
+
+def _threshold_rates(w: np.ndarray, y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Threshold metrics per row of the multiplicity matrix ``w``."""
+    pred = (s >= threshold).astype(np.float64)
+    pos = y.astype(np.float64)
+    tp = w @ (pos * pred)
+    fp = w @ ((1.0 - pos) * pred)
+    fn = w @ (pos * (1.0 - pred))
+    tn = w @ ((1.0 - pos) * (1.0 - pred))
+    return rates_from_counts(tp, fp, fn, tn)
+
+
+def _summarise(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
+    """Percentile interval from replicates, dropping (and counting) NaN ones."""
+    valid = replicates[~np.isnan(replicates)]
+    alpha = 1.0 - confidence
+    if valid.size:
+        low, high = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
+        se = float(valid.std(ddof=1)) if valid.size > 1 else float("nan")
+    else:
+        low = high = se = float("nan")
+    return {
+        "estimate": float(estimate),
+        "low": float(low),
+        "high": float(high),
+        "se": se,
+        "n_boot": int(replicates.size),
+        "n_valid": int(valid.size),
+    }
+
+
+def bootstrap_ci(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    *,
+    groups: ArrayLike | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    stratify: bool = True,
+    seed: int = 0,
+) -> dict:
+    """Percentile bootstrap confidence interval of ``metric(y_true, y_score)``.
+
+    Args:
+        metric: Function of (labels, scores) returning a float; NaN marks an undefined replicate.
+            ``roc_auc`` is recognised and computed vectorised; other callables are called once per replicate.
+        y_true: 0/1 labels.
+        y_score: Finite scores.
+        groups: Optional cluster id per case (e.g. patient id). Whole groups are resampled, because images
+            of one patient are not independent and case resampling would give too narrow intervals.
+        n_boot: Number of replicates.
+        confidence: Coverage of the interval, e.g. 0.95.
+        stratify: Resample positive and negative units separately, keeping their counts (a group is
+            positive if any of its cases is).
+        seed: Seed of the random generator; equal seeds give identical intervals.
+
+    Returns:
+        ``estimate`` (metric on the full data), ``low``, ``high``, ``se`` (standard deviation of the valid
+        replicates), ``n_boot`` and ``n_valid`` (replicates where the metric was not NaN).
+    """
+    _check_bootstrap_args(n_boot, confidence)
+    y, s = check_binary_inputs(y_true, y_score)
+    estimate = float(metric(y, s))
+    parts = []
+    if metric is roc_auc:
+        auc = _WeightedAuc(y, s)
+        parts = [auc(w) for w in _weight_blocks(y, groups, n_boot, stratify, seed)]
+    else:
+        cases = np.arange(y.shape[0])
+        for w in _weight_blocks(y, groups, n_boot, stratify, seed):
+            values = np.empty(w.shape[0])
+            for i, row in enumerate(w.astype(np.int64)):
+                idx = np.repeat(cases, row)
+                values[i] = float(metric(y[idx], s[idx]))
+            parts.append(values)
+    return _summarise(estimate, np.concatenate(parts), confidence)
+
+
+def bootstrap_metrics(
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    *,
+    threshold: float = 0.5,
+    groups: ArrayLike | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    stratify: bool = True,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Bootstrap CIs for AUC and the threshold metrics of ``binary_metrics``, all from one set of resamples.
+
+    Using the same resamples for every metric keeps the intervals mutually consistent (e.g. sensitivity and
+    specificity come from the same replicate). Arguments as in ``bootstrap_ci``.
+
+    Returns:
+        Metric name (``auc``, ``sensitivity``, ``specificity``, ``precision``, ``npv``, ``f1``, ``accuracy``)
+        mapped to the dictionary returned by ``bootstrap_ci``.
+    """
+    _check_bootstrap_args(n_boot, confidence)
+    y, s = check_binary_inputs(y_true, y_score)
+    threshold = float(threshold)
+    full = _threshold_rates(np.ones((1, y.shape[0])), y, s, threshold)
+    auc = _WeightedAuc(y, s)
+    names = ("auc", *_THRESHOLD_METRICS)
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for w in _weight_blocks(y, groups, n_boot, stratify, seed):
+        collected["auc"].append(auc(w))
+        for name, values in _threshold_rates(w, y, s, threshold).items():
+            collected[name].append(values)
+    estimates = {"auc": roc_auc(y, s), **{name: float(full[name][0]) for name in _THRESHOLD_METRICS}}
+    return {name: _summarise(estimates[name], np.concatenate(collected[name]), confidence) for name in names}
+
+
+def _placements(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """DeLong structural components via midranks (Sun & Xu 2014), O(n log n).
+
+    Returns:
+        ``(auc, v10, v01)``: ``v10[i]`` is the fraction of negatives a positive beats (ties ½), ``v01[j]`` the
+        fraction of positives that beat a negative.
+    """
+    pos = y == 1
+    x, z = s[pos], s[~pos]
+    m, n = x.size, z.size
+    ranks_all = rankdata(s)
+    v10 = (ranks_all[pos] - rankdata(x)) / n
+    v01 = 1.0 - (ranks_all[~pos] - rankdata(z)) / m
+    return float(v10.mean()), v10, v01
+
+
+def _enough_for_delong(y: np.ndarray) -> bool:
+    """DeLong's variance needs at least two positives and two negatives."""
+    n_pos = int(y.sum())
+    return n_pos >= 2 and y.shape[0] - n_pos >= 2
+
+
+def delong_ci(y_true: ArrayLike, y_score: ArrayLike, confidence: float = 0.95) -> dict:
+    """AUC with DeLong's (1988) variance and a Wald interval clipped to [0, 1].
+
+    Returns:
+        ``estimate``, ``se``, ``low``, ``high``; all NaN when there are fewer than two cases of either class.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    y, s = check_binary_inputs(y_true, y_score)
+    if not _enough_for_delong(y):
+        nan = float("nan")
+        return {"estimate": roc_auc(y, s), "se": nan, "low": nan, "high": nan}
+    auc, v10, v01 = _placements(y, s)
+    se = math.sqrt(v10.var(ddof=1) / v10.size + v01.var(ddof=1) / v01.size)
+    half = norm.ppf(0.5 + confidence / 2) * se
+    low, high = float(max(0.0, auc - half)), float(min(1.0, auc + half))
+    return {"estimate": auc, "se": se, "low": low, "high": high}
+
+
+def delong_test(
+    y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike, confidence: float = 0.95
+) -> dict:
+    """DeLong's test of two correlated AUCs measured on the same cases (two-sided).
+
+    Returns:
+        ``auc_a``, ``auc_b``, ``difference`` (a - b), its ``se``, Wald interval ``ci_low``/``ci_high``,
+        ``z`` and ``p_value``. Statistics are NaN with fewer than two cases of either class; identical
+        scorers give ``z = 0`` and ``p_value = 1``.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    y, a = check_binary_inputs(y_true, score_a)
+    _, b = check_binary_inputs(y, score_b)
+    if not _enough_for_delong(y):
+        auc_a, auc_b = roc_auc(y, a), roc_auc(y, b)
+        nan = float("nan")
+        return {"auc_a": auc_a, "auc_b": auc_b, "difference": auc_a - auc_b, "se": nan,
+                "ci_low": nan, "ci_high": nan, "z": nan, "p_value": nan}
+    auc_a, v10_a, v01_a = _placements(y, a)
+    auc_b, v10_b, v01_b = _placements(y, b)
+    s10 = np.cov(np.vstack([v10_a, v10_b]), ddof=1)
+    s01 = np.cov(np.vstack([v01_a, v01_b]), ddof=1)
+    contrast = np.array([1.0, -1.0])
+    var = contrast @ s10 @ contrast / v10_a.size + contrast @ s01 @ contrast / v01_a.size
+    se = math.sqrt(max(float(var), 0.0))
+    diff = auc_a - auc_b
+    # Zero variance (identical or perfectly separating scorers) leaves nothing to scale by.
+    z = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+    half = norm.ppf(0.5 + confidence / 2) * se
+    return {
+        "auc_a": auc_a,
+        "auc_b": auc_b,
+        "difference": diff,
+        "se": se,
+        "ci_low": float(diff - half),
+        "ci_high": float(diff + half),
+        "z": z,
+        "p_value": float(2 * norm.sf(abs(z))),
+    }
+
+
+def mcnemar_test(y_true: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLike) -> dict:
+    """McNemar's test of two classifiers' accuracy on the same cases, from their 0/1 predictions.
+
+    ``b`` counts cases only A gets right, ``c`` cases only B gets right. With fewer than 25 discordant
+    pairs the exact two-sided binomial test is used (``statistic = min(b, c)``), otherwise the chi-square
+    statistic with continuity correction ``(|b - c| - 1)^2 / (b + c)`` on one degree of freedom.
+
+    Returns:
+        ``b``, ``c``, ``statistic``, ``p_value`` and ``method`` (``"exact"`` or ``"chi2"``).
+    """
+    y = check_labels(y_true, "y_true")
+    pa = check_labels(pred_a, "pred_a")
+    pb = check_labels(pred_b, "pred_b")
+    if not y.shape == pa.shape == pb.shape:
+        raise ValueError(
+            f"y_true, pred_a and pred_b differ in length: {y.shape[0]}, {pa.shape[0]}, {pb.shape[0]}"
+        )
+    right_a = pa == y
+    right_b = pb == y
+    b = int(np.sum(right_a & ~right_b))
+    c = int(np.sum(~right_a & right_b))
+    if b + c < 25:
+        statistic = float(min(b, c))
+        p_value = 1.0 if b + c == 0 else min(1.0, float(2 * binom.cdf(min(b, c), b + c, 0.5)))
+        method = "exact"
+    else:
+        statistic = max(abs(b - c) - 1, 0) ** 2 / (b + c)
+        p_value = float(chi2.sf(statistic, 1))
+        method = "chi2"
+    return {"b": b, "c": c, "statistic": float(statistic), "p_value": p_value, "method": method}

@@ -1,0 +1,1 @@
+"""Evaluation reports and the figures they contain."""

@@ -1,0 +1,63 @@
+"""Tests for osteoscope.report.plots: valid PNGs are written and bad inputs are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from osteoscope.report.plots import plot_confusion_matrix, plot_roc
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path: Path) -> None:
+    """The file exists, starts with the PNG signature and decodes to a non-trivial image."""
+    assert path.is_file() and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.load()
+        assert image.width > 200 and image.height > 200
+        # Something was drawn: not a single flat colour.
+        assert len(image.convert("L").getcolors(maxcolors=1 << 16) or []) != 1
+
+
+def test_plot_roc_writes_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 100)
+    curves = {"model": (y, rng.normal(y, 1.0)), "baseline": (y, rng.normal(0.3 * y, 1.0))}
+    out = plot_roc(curves, tmp_path / "nested" / "roc.png", operating_points={"reader 1": (0.2, 0.7)})
+    assert out == tmp_path / "nested" / "roc.png"
+    _assert_png(out)
+
+
+def test_plot_roc_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        plot_roc({"model": ([0, 1, 1], [0.2, 0.4])}, tmp_path / "a.png")
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        plot_roc({"model": ([1, 1], [0.2, 0.4])}, tmp_path / "b.png")
+    with pytest.raises(ValueError, match="operating point"):
+        plot_roc({"model": ([0, 1], [0.2, 0.4])}, tmp_path / "c.png", operating_points={"r": (1.5, 0.2)})
+    with pytest.raises(ValueError, match="at least one curve"):
+        plot_roc({}, tmp_path / "d.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_plot_confusion_matrix_writes_png(tmp_path: Path) -> None:
+    matrix = [[50, 3, 1], [4, 20, 2], [0, 1, 9]]
+    out = plot_confusion_matrix(matrix, ["normal", "AFF", "NFF"], tmp_path / "cm.png")
+    _assert_png(out)
+    # A class that never occurs (empty row) must not break the row normalisation.
+    out2 = plot_confusion_matrix(np.array([[5, 0], [0, 0]]), ["neg", "pos"], tmp_path / "cm2.png")
+    _assert_png(out2)
+
+
+def test_plot_confusion_matrix_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="square"):
+        plot_confusion_matrix([[1, 2, 3], [4, 5, 6]], ["a", "b"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="class names"):
+        plot_confusion_matrix([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="non-negative"):
+        plot_confusion_matrix([[1, -2], [3, 4]], ["a", "b"], tmp_path / "x.png")

@@ -1,0 +1,324 @@
+"""Tests for osteoscope.data.readers on real DICOM/NIfTI files and on PNG/JPEG/TIFF written here."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tifffile
+from PIL import Image as PILImage
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.pixels import apply_voi_lut, get_decoder
+from pydicom.uid import MPEG2MPML, JPEG2000Lossless
+
+from osteoscope.data.readers import Image, read_image
+from osteoscope.errors import DataError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DDH = DATA / "ddh-pelvis-xray" / "dicom"
+CT_SERIES = DATA / "pelvis-ct" / "dicom_series"
+CT_NIFTI = DATA / "pelvis-ct" / "example_ct.nii.gz"
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def pydicom_file(name: str) -> Path:
+    """Path of a pydicom / pydicom-data test file, skipping when the package lacks it."""
+    found = get_testdata_file(name)
+    if found is None:
+        pytest.skip(f"{name} not available: install pydicom-data (pip install pydicom-data)")
+    return Path(found)
+
+
+def shared(path: Path) -> Path:
+    """A path under ../shared/data, skipping when that folder is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} absent: real test data lives in ../shared/data beside the checkout")
+    return path
+
+
+# --------------------------------------------------------------------------- real DICOM radiographs
+
+
+@pytest.mark.realdata
+def test_ddh_rgb_radiographs_become_grey_luma() -> None:
+    files = sorted(shared(DDH).glob("*.dcm"))
+    assert len(files) == 10
+    for file in files:
+        image = read_image(file)
+        rgb = pydicom.dcmread(file).pixel_array
+        assert image.array.shape == (331, 331) and image.array.dtype == np.float32
+        assert image.array.std() > 5.0, f"{file.name} is nearly constant"
+        np.testing.assert_allclose(image.array, rgb.astype(np.float32) @ LUMA, atol=1e-3)
+        assert image.meta["to_grey"] and image.meta["modality"] == "DX" and image.spacing == (1.0, 1.0)
+
+
+def test_cr_tibia_nof_jpeg2000_variants_match_uncompressed() -> None:
+    reference = read_image(pydicom_file("RG3_UNCR.dcm"), voi=False).array
+    assert reference.shape == (1760, 1760)
+    lossless = read_image(pydicom_file("RG3_J2KR.dcm"), voi=False)
+    assert lossless.meta["transfer_syntax"].startswith("JPEG 2000")
+    np.testing.assert_array_equal(lossless.array, reference)
+    lossy = read_image(pydicom_file("RG3_J2KI.dcm"), voi=False).array
+    diff = np.abs(lossy - reference)
+    assert 0 < diff.mean() < 2.0 and diff.max() <= 32.0  # 10-bit image, irreversible wavelet
+
+
+@pytest.mark.parametrize(
+    ("uncompressed", "compressed"),
+    [
+        ("MR_small.dcm", "MR_small_RLE.dcm"),
+        ("MR_small.dcm", "MR_small_jp2klossless.dcm"),
+        ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm"),
+        ("emri_small.dcm", "emri_small_jpeg_ls_lossless.dcm"),
+        ("emri_small.dcm", "emri_small_jpeg_2k_lossless.dcm"),
+        ("JPEG2000_UNC.dcm", "JPEG2000.dcm"),
+    ],
+)
+def test_lossless_transfer_syntaxes_decode_exactly(uncompressed: str, compressed: str) -> None:
+    reference = read_image(pydicom_file(uncompressed))
+    decoded = read_image(pydicom_file(compressed))
+    assert decoded.meta["transfer_syntax"] != reference.meta["transfer_syntax"]
+    np.testing.assert_array_equal(decoded.array, reference.array)
+    assert decoded.spacing == reference.spacing
+
+
+def test_multiframe_dicom_is_a_volume_and_lossy_jpeg_is_close() -> None:
+    volume = read_image(pydicom_file("emri_small_RLE.dcm"))
+    assert volume.array.shape == (10, 64, 64) and len(volume.spacing) == 3
+    reference = read_image(pydicom_file("MR2_UNCR.dcm")).array
+    lossy = read_image(pydicom_file("MR2_J2KI.dcm")).array
+    assert np.abs(lossy - reference).mean() < 0.01 * reference.max()
+    assert read_image(pydicom_file("JPGExtended.dcm")).array.max() > 0  # JPEG extended 12-bit decodes
+
+
+def test_monochrome1_is_inverted_after_windowing() -> None:
+    path = pydicom_file("RG3_UNCR.dcm")
+    ds = pydicom.dcmread(path)
+    raw = ds.pixel_array.astype(np.float32)
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BitsStored == 10
+
+    plain = read_image(path, voi=False)
+    np.testing.assert_array_equal(plain.array, 1023.0 - raw)
+    assert plain.meta["inverted"] and plain.meta["voi"] is None
+
+    windowed = read_image(path)  # CR: VOI applied by default
+    assert windowed.meta["voi"] == "window center 550 width 1024"
+    expected = 1023.0 - apply_voi_lut(raw.astype(np.float64), ds)
+    np.testing.assert_allclose(windowed.array, expected, atol=1e-3)
+    assert windowed.meta["value_range"] == (0.0, 1023.0)
+
+
+def test_ct_rescale_gives_hounsfield_units_and_voi_only_on_request() -> None:
+    path = pydicom_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    image = read_image(path)
+    np.testing.assert_array_equal(image.array, ds.pixel_array.astype(np.float32) - 1024.0)
+    assert image.meta["rescale"] == (1.0, -1024.0) and image.meta["voi"] is None
+    assert -1100 <= image.array.min() < -500 and 500 < image.array.max() < 3500  # air .. bone
+    assert image.spacing == pytest.approx((0.661468, 0.661468))
+
+    windowed_path = pydicom_file("693_UNCR.dcm")  # CT with a stored window
+    hu = read_image(windowed_path)
+    windowed = read_image(windowed_path, voi=True)
+    assert hu.meta["voi"] is None and windowed.meta["voi"].startswith("window")
+    assert np.unique(windowed.array).size < np.unique(hu.array).size  # the window clips
+
+
+def test_dicom_without_preamble_or_extension_is_read(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.preamble = None
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    bare = tmp_path / "slice0001"
+    pydicom.dcmwrite(bare, ds, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    assert bare.read_bytes()[128:132] != b"DICM"
+    np.testing.assert_array_equal(read_image(bare).array, read_image(pydicom_file("CT_small.dcm")).array)
+
+
+# --------------------------------------------------------------------------- series and NIfTI
+
+
+@pytest.mark.realdata
+def test_ct_series_folder_is_sorted_by_position() -> None:
+    volume = read_image(shared(CT_SERIES))
+    assert volume.array.shape == (20, 512, 512)
+    assert volume.spacing == pytest.approx((2.0, 0.9765625, 0.9765625))
+    assert volume.meta["format"] == "dicom-series" and volume.meta["files"] == 20
+    z = {
+        f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+        for f in CT_SERIES.iterdir()
+    }
+    lowest, highest = min(z, key=z.get), max(z, key=z.get)
+    np.testing.assert_array_equal(volume.array[0], read_image(lowest).array)
+    np.testing.assert_array_equal(volume.array[-1], read_image(highest).array)
+    assert volume.array.min() >= -1024 and volume.meta["voi"] is None  # HU kept for CT
+
+
+@pytest.mark.realdata
+def test_series_folder_ignores_junk_and_rejects_two_series(tmp_path: Path) -> None:
+    files = sorted(shared(CT_SERIES).iterdir())[:3]
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name, file in zip(["c", "a", "b"], files, strict=True):  # names in no particular order
+        shutil.copy(file, folder / name)
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    (folder / "notes.txt").write_text("scanned on tuesday\n")
+    volume = read_image(folder)
+    assert volume.array.shape == (3, 512, 512) and volume.spacing[0] == pytest.approx(2.0)
+    np.testing.assert_array_equal(volume.array[2], read_image(files[0]).array)  # highest z last
+
+    other = pydicom.dcmread(files[0])
+    other.SeriesInstanceUID = "1.2.826.0.1.3680043.99.1"
+    other.save_as(folder / "d")
+    with pytest.raises(DataError, match=r"2 DICOM series.*1\.2\.826\.0\.1\.3680043\.99\.1") as err:
+        read_image(folder)
+    assert str(folder) in str(err.value)
+
+
+@pytest.mark.realdata
+def test_nifti_is_zyx_in_dicom_patient_axes() -> None:
+    import nibabel as nib
+
+    image = read_image(shared(CT_NIFTI))
+    assert image.array.shape == (112, 101, 122) and image.spacing == (3.0, 3.0, 3.0)
+    ras = np.asarray(nib.load(CT_NIFTI).get_fdata(dtype=np.float32))  # stored as R, A, S
+    np.testing.assert_array_equal(image.array, ras[::-1, ::-1, :].transpose(2, 1, 0))
+    assert image.meta["orientation"] == "LPS"
+
+
+# --------------------------------------------------------------------------- PNG / JPEG / TIFF
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_png_round_trip_is_exact(tmp_path: Path, dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, np.iinfo(dtype).max, size=(40, 56), endpoint=True).astype(dtype)
+    source[0, 0], source[0, 1] = 0, np.iinfo(dtype).max
+    PILImage.fromarray(source).save(tmp_path / "x.png")
+    image = read_image(tmp_path / "x.png")
+    assert image.array.dtype == np.float32 and image.spacing == (1.0, 1.0)
+    np.testing.assert_array_equal(image.array, source.astype(np.float32))
+    assert image.meta["value_range"] == (0.0, float(np.iinfo(dtype).max))
+
+
+def test_png_16bit_reads_fast(tmp_path: Path) -> None:
+    source = np.random.default_rng(1).integers(0, 65535, size=(512, 640)).astype(np.uint16)
+    PILImage.fromarray(source).save(tmp_path / "big.png")
+    read_image(tmp_path / "big.png")
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        read_image(tmp_path / "big.png")
+        times.append(time.perf_counter() - start)
+    assert float(np.median(times)) < 0.04
+
+
+def test_rgb_png_and_jpeg_become_grey(tmp_path: Path) -> None:
+    rgb = np.zeros((32, 48, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    PILImage.fromarray(rgb).save(tmp_path / "c.png")
+    image = read_image(tmp_path / "c.png")
+    assert image.array.shape == (32, 48) and image.meta["to_grey"]
+    np.testing.assert_allclose(image.array, 0.299 * 200 + 0.587 * 100 + 0.114 * 50, rtol=1e-6)
+
+    grey = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (48, 1)).astype(np.uint8)
+    PILImage.fromarray(grey).save(tmp_path / "g.jpg", quality=95)
+    jpeg = read_image(tmp_path / "g.jpg")
+    assert jpeg.meta["format"] == "jpeg" and jpeg.array.shape == (48, 64)
+    assert np.abs(jpeg.array - grey).max() <= 4.0
+
+
+def test_tiff_grey_rgb_stack_and_min_is_white(tmp_path: Path) -> None:
+    grey = np.arange(30 * 20, dtype=np.uint16).reshape(30, 20) * 97
+    tifffile.imwrite(tmp_path / "g.tif", grey)
+    np.testing.assert_array_equal(read_image(tmp_path / "g.tif").array, grey.astype(np.float32))
+
+    rgb = np.zeros((10, 12, 3), dtype=np.uint8)
+    rgb[..., 1] = 200
+    tifffile.imwrite(tmp_path / "c.tiff", rgb, photometric="rgb")
+    np.testing.assert_allclose(read_image(tmp_path / "c.tiff").array, 0.587 * 200, rtol=1e-6)
+
+    stack = np.arange(4 * 6 * 5, dtype=np.uint8).reshape(4, 6, 5)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    assert read_image(tmp_path / "s.tif").array.shape == (4, 6, 5)
+
+    tifffile.imwrite(tmp_path / "w.tif", grey, photometric="miniswhite")
+    inverted = read_image(tmp_path / "w.tif")
+    assert inverted.meta["inverted"]
+    np.testing.assert_array_equal(inverted.array, 65535.0 - grey.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_file_and_unsupported_extension(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.png"
+    with pytest.raises(DataError, match="file not found") as err:
+        read_image(missing)
+    assert str(missing) in str(err.value)
+    odd = tmp_path / "scan.xyz"
+    odd.write_bytes(b"\x00" * 200)
+    with pytest.raises(DataError, match=r"unsupported file type '\.xyz'") as err:
+        read_image(odd)
+    assert str(odd) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["fake.png", "fake.jpg", "fake.tif", "fake.dcm", "fake", "fake.nii.gz"])
+def test_text_file_posing_as_image(tmp_path: Path, name: str) -> None:
+    fake = tmp_path / name
+    fake.write_text("patient list\nid,age\n1,54\n" * 20)
+    with pytest.raises(DataError) as err:
+        read_image(fake)
+    assert str(fake) in str(err.value)
+
+
+def test_dicom_without_pixel_data() -> None:
+    path = pydicom_file("rtplan.dcm")
+    with pytest.raises(DataError, match="without pixel data") as err:
+        read_image(path)
+    assert str(path) in str(err.value)
+
+
+def test_corrupt_compressed_pixel_data_is_a_data_error() -> None:
+    path = pydicom_file("JPEG2000-embedded-sequence-delimiter.dcm")
+    with pytest.raises(DataError, match="cannot decode the pixel data") as err:
+        read_image(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_decoder_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = pydicom_file("MR_small_jp2klossless.dcm")
+    monkeypatch.setattr(get_decoder(JPEG2000Lossless), "_available", {})
+    with pytest.raises(DataError, match="pylibjpeg-openjpeg") as err:
+        read_image(path)
+    assert str(path) in str(err.value) and "JPEG 2000" in str(err.value)
+
+
+def test_transfer_syntax_nothing_decodes(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML  # video: pydicom has no decoder for it
+    ds.PixelData = encapsulate([bytes(64)])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "video.dcm"
+    ds.save_as(path)
+    with pytest.raises(DataError, match="python-gdcm") as err:
+        read_image(path)
+    assert str(path) in str(err.value) and MPEG2MPML in str(err.value)
+
+
+def test_folder_without_dicom(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("nothing here")
+    with pytest.raises(DataError, match="no DICOM image files") as err:
+        read_image(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_image_rejects_inconsistent_construction() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        Image(np.zeros((4, 4), dtype=np.float64), (1.0, 1.0), {})
+    with pytest.raises(ValueError, match="spacing"):
+        Image(np.zeros((2, 4, 4), dtype=np.float32), (1.0, 1.0), {})

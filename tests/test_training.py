@@ -1,0 +1,120 @@
+"""End to end on a small hip phantom: train, evaluate, predict, resume after a kill, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from osteoscope.config import config_from_dict
+from osteoscope.engine.evaluate import evaluate_run
+from osteoscope.engine.predict import predict_images
+from osteoscope.engine.runs import HISTORY_FILE, LAST_CHECKPOINT, SPLITS_FILE
+from osteoscope.engine.trainer import train
+from osteoscope.errors import OsteoscopeError
+from osteoscope.phantoms import generate_phantom
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data: Path, epochs: int, **train: object) -> dict:
+    return {
+        "data": {"path": str(data), "roi_size": 32},
+        "model": {"name": "ast", "preset": "tiny"},
+        "train": {"epochs": epochs, "batch_size": 16, "lr": 3e-3, "patience": 0, "seed": 0, "threads": 2, **train},
+    }
+
+
+@pytest.fixture(scope="module")
+def easy_hips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hips")
+    generate_phantom("onfh-xray", out, n=160, seed=1, subtlety=0.0, image_size=(160, 208))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(easy_hips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "ast"
+    return train(config_from_dict(tiny_config(easy_hips, epochs=8)), run, verbose=False)
+
+
+def test_training_beats_chance_on_held_out_patients(trained_run: Path) -> None:
+    result = evaluate_run(trained_run, split="test", n_boot=300)
+    overall = result["overall"]
+    assert overall["n"] >= 25 and overall["n_positive"] >= 8
+    assert overall["auc"] >= 0.8, overall
+    low, high = overall["ci95"]["auc"]
+    assert low <= overall["auc"] <= high
+    written = json.loads((trained_run / "eval-test" / "metrics.json").read_text())
+    assert written["overall"]["auc"] == pytest.approx(overall["auc"])
+    assert (trained_run / "eval-test" / "roc.png").stat().st_size > 1000
+    assert "early (ARCO I-II)" in written["subsets"]
+
+
+def test_evaluate_refuses_training_cases_as_external(trained_run: Path) -> None:
+    with pytest.raises(OsteoscopeError, match="used for training or validation"):
+        evaluate_run(trained_run, split="all", n_boot=10)
+
+
+def test_predict_with_given_boxes_matches_evaluation(trained_run: Path, easy_hips: Path) -> None:
+    from osteoscope.data.manifest import load_manifest
+
+    case = load_manifest(easy_hips).cases[0]
+    boxes = (case.boxes["box_left"], case.boxes["box_right"])
+    [result] = predict_images(trained_run, [case.images["image"]], boxes=boxes)
+    assert 0.0 <= result["probability"] <= 1.0
+    assert set(result["side_scores"]) == {"left", "right"}
+    assert result["boxes"]["left"] == list(boxes[0])
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / LAST_CHECKPOINT, map_location="cpu", weights_only=False)["model"]
+
+
+def test_kill_mid_epoch_then_resume_matches_uninterrupted(easy_hips: Path, tmp_path: Path) -> None:
+    """SIGKILL during epoch 2 loses at most that epoch; the resumed run ends with the uninterrupted weights."""
+    config = tiny_config(easy_hips, epochs=3)
+    reference = train(config_from_dict(config), tmp_path / "reference", verbose=False)
+    interrupted = tmp_path / "interrupted"
+    script = (
+        "import sys, json; from osteoscope.config import config_from_dict; from osteoscope.engine.trainer import train;"
+        f"train(config_from_dict(json.loads(sys.argv[1])), {str(interrupted)!r}, verbose=False)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(config)], cwd=REPO)
+    history = interrupted / HISTORY_FILE
+    deadline = time.time() + 120
+    while not (history.exists() and history.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be interrupted"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    epochs_done = history.read_text().count("\n")
+    assert 1 <= epochs_done < 3
+    train(config_from_dict(config), interrupted, resume=True, verbose=False)
+    assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 2, 3]
+    assert "resumed after epoch" in (interrupted / "train.log").read_text()
+    expected, got = _final_weights(reference), _final_weights(interrupted)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert (interrupted / SPLITS_FILE).read_text() == (reference / SPLITS_FILE).read_text()
+
+
+def test_existing_run_is_not_overwritten(trained_run: Path, easy_hips: Path) -> None:
+    with pytest.raises(OsteoscopeError, match="already holds a run"):
+        train(config_from_dict(tiny_config(easy_hips, epochs=1)), trained_run, verbose=False)
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path: Path) -> None:
+    (tmp_path / "manifest.csv").write_text("case_id,image\nc1,a.png\n")
+    cli = [sys.executable, "-c", "from osteoscope.cli import main; main()"]
+    result = subprocess.run([*cli, "train", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "missing column(s): patient_id, label" in result.stderr
+    assert "Traceback" not in result.stderr
