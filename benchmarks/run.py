@@ -100,8 +100,12 @@ def main() -> None:
         generate_phantom("onfh-xray", tmp, n=200, seed=0)
         result.update(loader_throughput(Path(tmp)))
     for name in ("ast", "vit", "swin"):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", name, "--threads", str(args.threads)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.run", "--model", name, "--threads", str(args.threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result.update(json.loads(out.stdout))
     result["loader_vs_ast_training"] = round(
         float(result["loader_train_augmented_images_per_s"]) / float(result["ast_train_pairs_per_s"]), 2

@@ -11,7 +11,9 @@ import typer
 
 from osteoscope.errors import OsteoscopeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="AI diagnosis of bone disorders from radiographs, CT and MR.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="AI diagnosis of bone disorders from radiographs, CT and MR."
+)
 localizer_app = typer.Typer(no_args_is_help=True, help="Femoral-head localiser: train it on manifest boxes.")
 app.add_typer(localizer_app, name="localizer")
 
@@ -32,8 +34,15 @@ def phantom(
 
     with Progress(transient=True) as bar:
         job = bar.add_task(f"phantom {task}", total=n)
-        path = generate_phantom(task, out, n=n, seed=seed, subtlety=subtlety, fmt=fmt,
-                                progress=lambda i, total: bar.update(job, completed=i))
+        path = generate_phantom(
+            task,
+            out,
+            n=n,
+            seed=seed,
+            subtlety=subtlety,
+            fmt=fmt,
+            progress=lambda i, total: bar.update(job, completed=i),
+        )
     typer.echo(f"wrote {n} studies: {path}")
 
 
@@ -55,8 +64,13 @@ def train(
     from osteoscope.engine.trainer import train as run_training
 
     overrides = list(set_ or [])
-    for key, value in (("data.path", data), ("model.name", model), ("model.preset", preset),
-                       ("train.epochs", epochs), ("train.seed", seed)):
+    for key, value in (
+        ("data.path", data),
+        ("model.name", model),
+        ("model.preset", preset),
+        ("train.epochs", epochs),
+        ("train.seed", seed),
+    ):
         if value is not None:
             overrides.append(f"{key}={value}")
     if skip_bad:

@@ -31,13 +31,22 @@ DEMO_MODELS = ("ast", "vit")
 
 def demo_config(data: Path, model: str, epochs: int) -> ExperimentConfig:
     """The shared training budget of the demo; only the model name differs between runs."""
-    return config_from_dict({
-        "task": "onfh-xray",
-        "data": {"path": str(data), "roi_size": 64},
-        "model": {"name": model, "preset": "small"},
-        "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1,
-                  "patience": 0, "seed": 0},
-    })
+    return config_from_dict(
+        {
+            "task": "onfh-xray",
+            "data": {"path": str(data), "roi_size": 64},
+            "model": {"name": model, "preset": "small"},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 32,
+                "lr": 1e-3,
+                "weight_decay": 0.05,
+                "warmup_epochs": 1,
+                "patience": 0,
+                "seed": 0,
+            },
+        }
+    )
 
 
 def _test_predictions(eval_dir: Path) -> dict[str, dict[str, str]]:
@@ -50,8 +59,11 @@ def _delong(results: dict[str, dict[str, Any]], a: str, b: str, subset: str, sta
     pb = _test_predictions(Path(results[b]["plots"]["roc"]).parent)
     ids = [cid for cid in pa if stages is None or pa[cid]["label"] == "0" or int(pa[cid]["stage"] or -1) in stages]
     labels = np.array([int(pa[c]["label"]) for c in ids])
-    test = delong_test(labels, np.array([float(pa[c]["probability"]) for c in ids]),
-                       np.array([float(pb[c]["probability"]) for c in ids]))
+    test = delong_test(
+        labels,
+        np.array([float(pa[c]["probability"]) for c in ids]),
+        np.array([float(pb[c]["probability"]) for c in ids]),
+    )
     return {"a": a, "b": b, "subset": subset, **test}
 
 
@@ -77,7 +89,9 @@ def run_demo(out: str | Path, *, n: int = 600, epochs: int = 20, console: Consol
         train(demo_config(data, model, epochs), run_dir, resume=(run_dir / LAST_CHECKPOINT).is_file())
         results[model] = evaluate_run(run_dir, split="test")
     console.rule("4/4 head localiser and prediction on raw test images")
-    train_ids = {row["case_id"] for row in csv.DictReader((out / "ast" / SPLITS_FILE).open()) if row["split"] == "train"}
+    train_ids = {
+        row["case_id"] for row in csv.DictReader((out / "ast" / SPLITS_FILE).open()) if row["split"] == "train"
+    }
     localizer = out / "ast" / LOCALIZER_FILE
     if not localizer.is_file():
         train_localizer_on_manifest(data, localizer, case_ids=train_ids)
@@ -85,8 +99,10 @@ def run_demo(out: str | Path, *, n: int = 600, epochs: int = 20, console: Consol
     test_ids = list(_test_predictions(Path(results["ast"]["plots"]["roc"]).parent))[:2]
     sample = [cases[cid].images["image"] for cid in test_ids]
     predictions = predict_images(out / "ast", sample)
-    comparisons = [_delong(results, "ast", "vit", "all test cases", None),
-                   _delong(results, "ast", "vit", "early (ARCO I-II)", (1, 2))]
+    comparisons = [
+        _delong(results, "ast", "vit", "all test cases", None),
+        _delong(results, "ast", "vit", "early (ARCO I-II)", (1, 2)),
+    ]
     report = comparison_report(list(results.values()), comparisons)
     (out / "report.md").write_text("# Demo: AsT vs ViT on held-out phantom patients\n\n" + report)
     (out / "predictions_sample.json").write_text(json.dumps(predictions, indent=2))

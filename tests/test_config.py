@@ -13,7 +13,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_yaml_round_trip_with_overrides(tmp_path: Path) -> None:
-    config = load_config(CONFIGS / "onfh-xray-ast.yaml", ["train.lr=0.01", "model.options={depth: 1}", "data.split_seed=4"])
+    config = load_config(
+        CONFIGS / "onfh-xray-ast.yaml", ["train.lr=0.01", "model.options={depth: 1}", "data.split_seed=4"]
+    )
     assert config.train.lr == 0.01 and config.model.options == {"depth": 1} and config.data.split_seed == 4
     assert config.data.split_fractions == (0.6, 0.2, 0.2)
     saved = save_config(config, tmp_path / "config.yaml")

@@ -113,8 +113,12 @@ def test_existing_run_is_not_overwritten(trained_run: Path, easy_hips: Path) -> 
 def test_cli_errors_are_one_line_not_tracebacks(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text("case_id,image\nc1,a.png\n")
     cli = [sys.executable, "-c", "from osteoscope.cli import main; main()"]
-    result = subprocess.run([*cli, "train", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [*cli, "train", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     assert "missing column(s): patient_id, label" in result.stderr
     assert "Traceback" not in result.stderr

@@ -159,7 +159,9 @@ class BilateralRois:
         label = label_target(case, [self.label_column], "binary")
         side = side_target(case, self.label_column)
         if rng is not None:
-            roi_left, roi_right = apply_intensity([roi_left, roi_right], draw_intensity_params(rng, self.intensity_strength))
+            roi_left, roi_right = apply_intensity(
+                [roi_left, roi_right], draw_intensity_params(rng, self.intensity_strength)
+            )
             if self.swap_sides and rng.random() < 0.5:
                 roi_left, roi_right, side = roi_right, roi_left, side[::-1]
         return {

@@ -90,7 +90,7 @@ def parse_box(text: str, *, case_id: str, column: str) -> Box | None:
     if not text:
         return None
     try:
-        values = tuple(int(round(float(v))) for v in text.replace(",", " ").split())
+        values = tuple(round(float(v)) for v in text.replace(",", " ").split())
     except ValueError as error:
         raise DataError(f"column {column}: box {text!r} is not a list of numbers", case_id=case_id) from error
     if len(values) not in (4, 6):

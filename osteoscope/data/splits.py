@@ -25,9 +25,7 @@ def default_stratum(case: Case) -> int:
     return -1
 
 
-def _patients_by_stratum(
-    cases: Sequence[Case], stratum: Callable[[Case], int]
-) -> dict[int, list[str]]:
+def _patients_by_stratum(cases: Sequence[Case], stratum: Callable[[Case], int]) -> dict[int, list[str]]:
     """Group patient ids by the highest stratum among their cases (a patient ever positive counts as positive)."""
     patient_stratum: dict[str, int] = {}
     for case in cases:

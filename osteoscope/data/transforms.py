@@ -95,4 +95,4 @@ def jitter_box(box: Sequence[int], rng: np.random.Generator, amount: float) -> t
     size = ends - starts
     centre = (starts + ends) / 2 + rng.uniform(-amount, amount, size=half) * size
     size = size * (1 + rng.uniform(-amount, amount))
-    return tuple(int(round(v)) for v in (*(centre - size / 2), *(centre + size / 2)))
+    return tuple(round(float(v)) for v in (*(centre - size / 2), *(centre + size / 2)))

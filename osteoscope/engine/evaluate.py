@@ -35,7 +35,9 @@ def select_cases(run: Run, cases: Sequence[Case], split: str) -> list[Case]:
     if split != "all":
         chosen = [case for case in cases if run.splits.get(case.case_id) == split]
         if not chosen:
-            raise DataError(f"no case of this dataset is in the run's {split} split (for another dataset use --split all)")
+            raise DataError(
+                f"no case of this dataset is in the run's {split} split (for another dataset use --split all)"
+            )
         return chosen
     seen = {cid for cid, part in run.splits.items() if part in ("train", "val")}
     for case in cases:
@@ -44,8 +46,9 @@ def select_cases(run: Run, cases: Sequence[Case], split: str) -> list[Case]:
     return list(cases)
 
 
-def _metrics_with_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float,
-                     n_boot: int, seed: int) -> dict[str, Any]:
+def _metrics_with_ci(
+    labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float, n_boot: int, seed: int
+) -> dict[str, Any]:
     point = binary_metrics(labels, scores, threshold=threshold)
     intervals = bootstrap_metrics(labels, scores, threshold=threshold, groups=groups, n_boot=n_boot, seed=seed)
     return {**point, "ci95": {k: [v["low"], v["high"]] for k, v in intervals.items()}}
@@ -85,7 +88,9 @@ def evaluate_run(
     report_skipped([*manifest.skipped, *bad])
     previous = _count_evaluations(run.path, split)
     if split == "test" and previous:
-        log.warning("the test split of this run has been evaluated %d time(s) before: report the first result", previous)
+        log.warning(
+            "the test split of this run has been evaluated %d time(s) before: report the first result", previous
+        )
 
     val_cases = [case for case in manifest.cases if run.splits.get(case.case_id) == "val"]
     if split != "val" and val_cases:
@@ -113,28 +118,53 @@ def evaluate_run(
     for name, included in run.task.subsets.items():
         keep = (labels == 0) | np.isin(stages, included)
         if labels[keep].min(initial=1) == 0 and labels[keep].max(initial=0) == 1:
-            result["subsets"][name] = _metrics_with_ci(labels[keep], scores[keep], groups[keep], threshold, n_boot, seed)
+            result["subsets"][name] = _metrics_with_ci(
+                labels[keep], scores[keep], groups[keep], threshold, n_boot, seed
+            )
     if "side_probability" in pred:
         side_labels = np.array([side_target(case) for case in cases])
         known = side_labels >= 0
         if known.any() and len(np.unique(side_labels[known])) == 2:
             hip_groups = np.repeat(groups[:, None], 2, axis=1)[known]
-            result["per_hip"] = _metrics_with_ci(side_labels[known].astype(int), pred["side_probability"][known],
-                                                 hip_groups, threshold, n_boot, seed)
+            result["per_hip"] = _metrics_with_ci(
+                side_labels[known].astype(int), pred["side_probability"][known], hip_groups, threshold, n_boot, seed
+            )
     result["plots"] = {
-        "roc": str(plot_roc({run.config.model.name: (labels, scores)}, out / "roc.png",
-                            operating_points={"threshold": _operating_point(result["overall"])})),
-        "confusion": str(plot_confusion_matrix(result["overall"]["confusion_matrix"], ["no ONFH", "ONFH"],
-                                               out / "confusion.png")),
+        "roc": str(
+            plot_roc(
+                {run.config.model.name: (labels, scores)},
+                out / "roc.png",
+                operating_points={"threshold": _operating_point(result["overall"])},
+            )
+        ),
+        "confusion": str(
+            plot_confusion_matrix(result["overall"]["confusion_matrix"], ["no ONFH", "ONFH"], out / "confusion.png")
+        ),
     }
     _write_predictions(out / "predictions.csv", cases, pred)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
     write_evaluation_report(result, out / "report.md")
     with (run.path / EVAL_LOG).open("a") as handle:
-        handle.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "split": split, "data": result["data"],
-                                 "n_cases": len(cases), "out": str(out)}) + "\n")
-    log.info("evaluated %d cases (%d patients): AUC %.4f [%.4f, %.4f]; written to %s", len(cases),
-             result["n_patients"], result["overall"]["auc"], *result["overall"]["ci95"]["auc"], out)
+        handle.write(
+            json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "split": split,
+                    "data": result["data"],
+                    "n_cases": len(cases),
+                    "out": str(out),
+                }
+            )
+            + "\n"
+        )
+    log.info(
+        "evaluated %d cases (%d patients): AUC %.4f [%.4f, %.4f]; written to %s",
+        len(cases),
+        result["n_patients"],
+        result["overall"]["auc"],
+        *result["overall"]["ci95"]["auc"],
+        out,
+    )
     return result
 
 
@@ -154,9 +184,27 @@ def _write_predictions(path: Path, cases: Sequence[Case], pred: dict[str, np.nda
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         has_sides = "side_probability" in pred
-        writer.writerow(["case_id", "patient_id", "label", "stage", "side", "probability",
-                         *(["p_left", "p_right"] if has_sides else [])])
+        writer.writerow(
+            [
+                "case_id",
+                "patient_id",
+                "label",
+                "stage",
+                "side",
+                "probability",
+                *(["p_left", "p_right"] if has_sides else []),
+            ]
+        )
         for i, case in enumerate(cases):
             sides = [f"{v:.6f}" for v in pred["side_probability"][i]] if has_sides else []
-            writer.writerow([case.case_id, case.patient_id, int(pred["label"][i]), case.stage, case.side,
-                             f"{pred['probability'][i]:.6f}", *sides])
+            writer.writerow(
+                [
+                    case.case_id,
+                    case.patient_id,
+                    int(pred["label"][i]),
+                    case.stage,
+                    case.side,
+                    f"{pred['probability'][i]:.6f}",
+                    *sides,
+                ]
+            )

@@ -44,8 +44,12 @@ def train_localizer_on_manifest(
     cases = [c for c in manifest.cases if case_ids is None or c.case_id in case_ids]
     with Progress(transient=True) as bar:
         job = bar.add_task("training head localiser", total=epochs)
-        model = fit_localizer(_boxed_images(cases), epochs=epochs, seed=seed,
-                              progress=lambda epoch, total, loss: bar.update(job, completed=epoch))
+        model = fit_localizer(
+            _boxed_images(cases),
+            epochs=epochs,
+            seed=seed,
+            progress=lambda epoch, total, loss: bar.update(job, completed=epoch),
+        )
     save_localizer(model, out)
     log.info("head localiser trained on %d cases, saved to %s", len(cases), out)
     return Path(out)

@@ -53,8 +53,12 @@ def predict_images(
     results = []
     for image_path in images:
         image = read_image(image_path).array.astype(np.float32, copy=False)
-        case = Case(case_id=Path(image_path).name, patient_id="", images={"image": Path(image_path)},
-                    boxes={"box_left": boxes[0], "box_right": boxes[1]} if boxes else {})
+        case = Case(
+            case_id=Path(image_path).name,
+            patient_id="",
+            images={"image": Path(image_path)},
+            boxes={"box_left": boxes[0], "box_right": boxes[1]} if boxes else {},
+        )
         try:
             left_box, right_box = builder.boxes(case, image)
         except DataError as error:

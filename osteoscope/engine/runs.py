@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.logging import RichHandler
 from torch import nn
 from torch.utils.data import DataLoader
@@ -38,7 +39,10 @@ def setup_logging(log_file: Path | None = None, *, verbose: bool = True) -> None
         log.removeHandler(handler)
         handler.close()
     if verbose:
-        log.addHandler(RichHandler(show_path=False, markup=False, rich_tracebacks=False))
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            console = Console(stderr=True, width=140)  # a log file or CI: no wrapping at 80 columns
+        log.addHandler(RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False))
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -90,7 +94,9 @@ def report_skipped(skipped: Sequence[SkippedCase]) -> None:
         log.warning("%d case(s) skipped (--skip-bad)", len(skipped))
 
 
-def make_loader(dataset: CaseDataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int) -> DataLoader:
+def make_loader(
+    dataset: CaseDataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int
+) -> DataLoader:
     """A loader whose shuffling order depends only on (seed, epoch), so a resumed epoch replays exactly."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(
@@ -155,4 +161,3 @@ def predict_dataset(
     if sides:
         result["side_probability"] = torch.cat(sides).numpy()
     return result
-

@@ -97,15 +97,23 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
     device = select_device(tc.device)
     on_cuda = device.type == "cuda"
     save_config(config, run_dir / CONFIG_FILE)
-    log.info("%s run in %s: task %s, model %s (%s), device %s", "resuming" if resume else "starting",
-             run_dir, task.name, config.model.name, config.model.preset, device)
+    log.info(
+        "%s run in %s: task %s, model %s (%s), device %s",
+        "resuming" if resume else "starting",
+        run_dir,
+        task.name,
+        config.model.name,
+        config.model.preset,
+        device,
+    )
 
     manifest = load_task_manifest(task, config.data.path, skip_bad=config.data.skip_bad)
     eval_builder = task.make_builder(config.data, False)
     with _progress() as bar:
         job = bar.add_task("checking cases", total=len(manifest.cases), status="")
-        cases, bad = check_cases(manifest.cases, eval_builder, skip_bad=config.data.skip_bad,
-                                 progress=lambda i: bar.update(job, completed=i))
+        cases, bad = check_cases(
+            manifest.cases, eval_builder, skip_bad=config.data.skip_bad, progress=lambda i: bar.update(job, completed=i)
+        )
     report_skipped([*manifest.skipped, *bad])
     if resume:
         saved = load_splits(run_dir / SPLITS_FILE)
@@ -115,10 +123,15 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         splits = split_patients(cases, config.data.split_fractions, config.data.split_seed)
         save_splits(run_dir / SPLITS_FILE, cases, splits)
     parts = {name: [c for c in cases if splits[c.case_id] == name] for name in ("train", "val", "test")}
-    log.info("patients split by seed %d: %s", config.data.split_seed,
-             ", ".join(f"{k} {len(v)} cases ({len({c.patient_id for c in v})} patients)" for k, v in parts.items()))
+    log.info(
+        "patients split by seed %d: %s",
+        config.data.split_seed,
+        ", ".join(f"{k} {len(v)} cases ({len({c.patient_id for c in v})} patients)" for k, v in parts.items()),
+    )
     if not parts["train"] or not parts["val"]:
-        raise OsteoscopeError("training needs cases in both the train and val splits; add data or change split_fractions")
+        raise OsteoscopeError(
+            "training needs cases in both the train and val splits; add data or change split_fractions"
+        )
 
     train_set = CaseDataset(parts["train"], task.make_builder(config.data, True), augment=True, seed=tc.seed)
     val_set = CaseDataset(parts["val"], eval_builder)
@@ -136,8 +149,13 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
     use_amp = on_cuda and tc.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %.2fM parameters; %d steps/epoch, up to %d epochs", config.model.name, n_params / 1e6,
-             steps_per_epoch, tc.epochs)
+    log.info(
+        "model %s: %.2fM parameters; %d steps/epoch, up to %d epochs",
+        config.model.name,
+        n_params / 1e6,
+        steps_per_epoch,
+        tc.epochs,
+    )
 
     state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "stale": 0, "history": []}
     if resume:
@@ -147,8 +165,12 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
         scheduler.load_state_dict(saved_state["scheduler"])
         scaler.load_state_dict(saved_state["scaler"])
         state = saved_state["progress"]
-        log.info("resumed after epoch %d (best val AUC %.4f at epoch %d)", state["epoch"], state["best_auc"],
-                 state["best_epoch"])
+        log.info(
+            "resumed after epoch %d (best val AUC %.4f at epoch %d)",
+            state["epoch"],
+            state["best_auc"],
+            state["best_epoch"],
+        )
 
     with _progress() as bar:
         for epoch in range(state["epoch"] + 1, tc.epochs + 1):
@@ -157,8 +179,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
             started = time.perf_counter()
             model.train()
             train_set.set_epoch(epoch)
-            loader = make_loader(train_set, tc.batch_size, shuffle=True, seed=tc.seed, epoch=epoch,
-                                 workers=config.data.num_workers)
+            loader = make_loader(
+                train_set, tc.batch_size, shuffle=True, seed=tc.seed, epoch=epoch, workers=config.data.num_workers
+            )
             job = bar.add_task(f"epoch {epoch}/{tc.epochs}", total=len(loader), status="")
             sums: dict[str, float] = {}
             for step, batch in enumerate(loader, start=1):
@@ -196,18 +219,44 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
                 "history": [*state["history"], record],
             }
             if improved:
-                save_atomic({"model": model.state_dict(), "epoch": epoch, "val_auc": float(auc),
-                             "config": config_to_dict(config)}, run_dir / BEST_CHECKPOINT)
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "progress": state},
-                        run_dir / LAST_CHECKPOINT)
+                save_atomic(
+                    {
+                        "model": model.state_dict(),
+                        "epoch": epoch,
+                        "val_auc": float(auc),
+                        "config": config_to_dict(config),
+                    },
+                    run_dir / BEST_CHECKPOINT,
+                )
+            save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "progress": state,
+                },
+                run_dir / LAST_CHECKPOINT,
+            )
             (run_dir / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
-            log.info("epoch %d/%d  loss %.4f  val AUC %.4f  (best %.4f @ %d)  %.1fs", epoch, tc.epochs,
-                     record["train_total"], auc, state["best_auc"], state["best_epoch"], record["seconds"])
+            log.info(
+                "epoch %d/%d  loss %.4f  val AUC %.4f  (best %.4f @ %d)  %.1fs",
+                epoch,
+                tc.epochs,
+                record["train_total"],
+                auc,
+                state["best_auc"],
+                state["best_epoch"],
+                record["seconds"],
+            )
     if state["stale"] >= tc.patience > 0 and state["epoch"] < tc.epochs:
         log.info("early stop: no better validation AUC for %d epochs", tc.patience)
     if not (run_dir / BEST_CHECKPOINT).exists():
         raise OsteoscopeError("no epoch produced a finite validation AUC (does the val split hold both classes?)")
-    log.info("done: best val AUC %.4f at epoch %d; weights in %s", state["best_auc"], state["best_epoch"],
-             run_dir / BEST_CHECKPOINT)
+    log.info(
+        "done: best val AUC %.4f at epoch %d; weights in %s",
+        state["best_auc"],
+        state["best_epoch"],
+        run_dir / BEST_CHECKPOINT,
+    )
     return run_dir

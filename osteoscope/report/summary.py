@@ -32,12 +32,12 @@ def write_evaluation_report(result: dict[str, Any], path: str | Path) -> Path:
     if "per_hip" in result:
         rows.append(("per hip (side scores)", result["per_hip"]))
     (tn, fp), (fn, tp) = overall["confusion_matrix"]
-    text = f"""# Evaluation of {result['model']}
+    text = f"""# Evaluation of {result["model"]}
 
-- run: `{result['run']}`
-- data: `{result['data']}`, split **{result['split']}**: {result['n_cases']} cases from {result['n_patients']} patients
-- threshold {result['threshold']:.4f} ({result['threshold_source']})
-- intervals: {result['interval']}
+- run: `{result["run"]}`
+- data: `{result["data"]}`, split **{result["split"]}**: {result["n_cases"]} cases from {result["n_patients"]} patients
+- threshold {result["threshold"]:.4f} ({result["threshold_source"]})
+- intervals: {result["interval"]}
 
 {metrics_table(rows)}
 
@@ -55,7 +55,10 @@ def comparison_report(results: Sequence[dict[str, Any]], comparisons: Sequence[d
     """Markdown comparing several evaluations on the same cases, with DeLong tests between them."""
     parts = ["## All test cases", metrics_table([(r["model"], r["overall"]) for r in results])]
     for subset in results[0]["subsets"]:
-        parts += [f"## {subset}", metrics_table([(r["model"], r["subsets"][subset]) for r in results if subset in r["subsets"]])]
+        parts += [
+            f"## {subset}",
+            metrics_table([(r["model"], r["subsets"][subset]) for r in results if subset in r["subsets"]]),
+        ]
     for test in comparisons:
         parts.append(
             f"DeLong test {test['a']} vs {test['b']} ({test['subset']}): AUC difference {test['difference']:+.3f} "
