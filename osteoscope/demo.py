@@ -24,6 +24,7 @@ from osteoscope.engine.predict import LOCALIZER_FILE, predict_images
 from osteoscope.engine.runs import LAST_CHECKPOINT, SPLITS_FILE
 from osteoscope.engine.trainer import train
 from osteoscope.metrics import delong_test
+from osteoscope.report.plots import plot_roc
 from osteoscope.report.summary import comparison_report
 
 DEMO_MODELS = ("ast", "vit")
@@ -54,17 +55,15 @@ def _test_predictions(eval_dir: Path) -> dict[str, dict[str, str]]:
         return {row["case_id"]: row for row in csv.DictReader(handle)}
 
 
-def _delong(results: dict[str, dict[str, Any]], a: str, b: str, subset: str, stages: tuple[int, ...] | None) -> dict:
-    pa = _test_predictions(Path(results[a]["plots"]["roc"]).parent)
-    pb = _test_predictions(Path(results[b]["plots"]["roc"]).parent)
-    ids = [cid for cid in pa if stages is None or pa[cid]["label"] == "0" or int(pa[cid]["stage"] or -1) in stages]
-    labels = np.array([int(pa[c]["label"]) for c in ids])
-    test = delong_test(
-        labels,
-        np.array([float(pa[c]["probability"]) for c in ids]),
-        np.array([float(pb[c]["probability"]) for c in ids]),
-    )
-    return {"a": a, "b": b, "subset": subset, **test}
+def _compare(
+    preds: dict[str, dict[str, dict[str, str]]], a: str, b: str, subset: str, stages: tuple[int, ...] | None
+) -> dict[str, Any]:
+    """DeLong test of two models' AUCs on the same test cases (negatives plus the given stages)."""
+    rows = preds[a].items()
+    ids = [c for c, row in rows if stages is None or row["label"] == "0" or int(row["stage"] or -1) in stages]
+    labels = np.array([int(preds[a][c]["label"]) for c in ids])
+    scores = [np.array([float(preds[m][c]["probability"]) for c in ids]) for m in (a, b)]
+    return {"a": a, "b": b, "subset": subset, **delong_test(labels, *scores)}
 
 
 def run_demo(out: str | Path, *, n: int = 600, epochs: int = 20, console: Console | None = None) -> dict[str, Any]:
@@ -95,16 +94,21 @@ def run_demo(out: str | Path, *, n: int = 600, epochs: int = 20, console: Consol
     localizer = out / "ast" / LOCALIZER_FILE
     if not localizer.is_file():
         train_localizer_on_manifest(data, localizer, case_ids=train_ids)
-    cases = load_manifest(data).by_id()
-    test_ids = list(_test_predictions(Path(results["ast"]["plots"]["roc"]).parent))[:2]
-    sample = [cases[cid].images["image"] for cid in test_ids]
-    predictions = predict_images(out / "ast", sample)
+    preds = {m: _test_predictions(Path(results[m]["plots"]["roc"]).parent) for m in DEMO_MODELS}
     comparisons = [
-        _delong(results, "ast", "vit", "all test cases", None),
-        _delong(results, "ast", "vit", "early (ARCO I-II)", (1, 2)),
+        _compare(preds, "ast", "vit", "all test cases", None),
+        _compare(preds, "ast", "vit", "early (ARCO I-II)", (1, 2)),
     ]
+    curves = {
+        m: (np.array([int(r["label"]) for r in p.values()]), np.array([float(r["probability"]) for r in p.values()]))
+        for m, p in preds.items()
+    }
+    plot_roc(curves, out / "roc.png", title="Held-out test patients")
+    cases = load_manifest(data).by_id()
+    predictions = predict_images(out / "ast", [cases[cid].images["image"] for cid in list(preds["ast"])[:2]])
     report = comparison_report(list(results.values()), comparisons)
-    (out / "report.md").write_text("# Demo: AsT vs ViT on held-out phantom patients\n\n" + report)
+    title = "# Demo: AsT vs ViT on held-out phantom patients\n\n"
+    (out / "report.md").write_text(title + report + "\n![ROC](roc.png)\n")
     (out / "predictions_sample.json").write_text(json.dumps(predictions, indent=2))
     console.print(report)
     console.print("[bold]predict on two raw test images (heads found by the localiser):[/bold]")

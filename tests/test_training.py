@@ -122,3 +122,24 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "missing column(s): patient_id, label" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_predict_prints_json_per_image(trained_run: Path, easy_hips: Path) -> None:
+    from typer.testing import CliRunner
+
+    from osteoscope.cli import app
+    from osteoscope.data.manifest import format_box, load_manifest
+
+    cases = load_manifest(easy_hips).cases[:2]
+    args = ["predict", str(trained_run), *(str(c.images["image"]) for c in cases)]
+    args += [
+        "--box-left",
+        format_box(cases[0].boxes["box_left"]),
+        "--box-right",
+        format_box(cases[0].boxes["box_right"]),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.output)
+    assert [p["image"] for p in predictions] == [str(c.images["image"]) for c in cases]
+    assert all(0 <= p["probability"] <= 1 for p in predictions)

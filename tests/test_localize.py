@@ -1,0 +1,158 @@
+"""Tests of the femoral-head localiser on tiny synthetic 'pelvis' images."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from osteoscope.data.localize import (
+    Box,
+    HeadLocalizer,
+    fit_localizer,
+    load_localizer,
+    locate_heads,
+    save_localizer,
+)
+from osteoscope.errors import DataError
+
+H, W = 96, 120
+WORKING = (64, 80)
+
+
+def _synthetic(rng: np.random.Generator) -> tuple[np.ndarray, Box, Box]:
+    """Two bright discs under bright arcs on a noisy ramp; returns (image, box_left, box_right).
+
+    The patient's right head is the disc on the image's left. Exposure (offset, gain) varies.
+    """
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    img = 0.2 + 0.1 * yy / H + rng.normal(0, 0.05, (H, W)).astype(np.float32)
+    radius = rng.uniform(6, 9)
+    boxes = []
+    for lo, hi in ((0.15, 0.40), (0.60, 0.85)):
+        cx, cy = rng.uniform(lo, hi) * W, rng.uniform(0.35, 0.70) * H
+        dist = np.hypot(xx - cx, yy - cy)
+        img += 0.6 * (dist < radius)
+        img += 0.4 * ((np.abs(dist - radius * 1.4) < 1.5) & (yy < cy))
+        r = round(radius * 1.3)
+        boxes.append((round(cx) - r, round(cy) - r, round(cx) + r, round(cy) + r))
+    gain, offset = rng.uniform(100, 4000), rng.uniform(-500, 500)
+    return img * gain + offset, boxes[1], boxes[0]
+
+
+def _centre(box: Box) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
+
+@pytest.fixture(scope="module")
+def trained() -> HeadLocalizer:
+    rng = np.random.default_rng(1)
+    return fit_localizer((_synthetic(rng) for _ in range(160)), working_size=WORKING, epochs=12, seed=0)
+
+
+@pytest.fixture(scope="module")
+def held_out() -> list[tuple[np.ndarray, Box, Box]]:
+    rng = np.random.default_rng(99)
+    return [_synthetic(rng) for _ in range(30)]
+
+
+def _errors(model: HeadLocalizer, cases: list[tuple[np.ndarray, Box, Box]]) -> np.ndarray:
+    errs = []
+    for img, left, right in cases:
+        pred = locate_heads(model, img)
+        errs.append(np.linalg.norm(_centre(pred["left"]) - _centre(left)))
+        errs.append(np.linalg.norm(_centre(pred["right"]) - _centre(right)))
+    return np.asarray(errs)
+
+
+def test_finds_held_out_centres_better_than_mean_position(trained, held_out) -> None:
+    errs = _errors(trained, held_out)
+    mean_left = np.mean([_centre(b) for _, b, _ in held_out], 0)
+    mean_right = np.mean([_centre(b) for _, _, b in held_out], 0)
+    baseline = (
+        np.mean(
+            [
+                np.linalg.norm(_centre(lb) - mean_left) + np.linalg.norm(_centre(rb) - mean_right)
+                for _, lb, rb in held_out
+            ]
+        )
+        / 2
+    )
+    assert errs.mean() < 0.05 * W, f"mean centre error {errs.mean():.2f} px"
+    assert errs.mean() < 0.4 * baseline, f"error {errs.mean():.2f} px vs mean-position baseline {baseline:.2f} px"
+
+
+def test_box_size_matches_training_margin(trained, held_out) -> None:
+    for img, left, _ in held_out[:10]:
+        pred = locate_heads(trained, img)["left"]
+        assert abs((pred[2] - pred[0]) - (left[2] - left[0])) <= 4
+        wider = locate_heads(trained, img, box_scale=1.5)["left"]
+        assert wider[2] - wider[0] > pred[2] - pred[0]
+
+
+def test_sides_follow_image_position_on_mirrored_images(trained, held_out) -> None:
+    """Mirrored films: the head now on the image's right must still be called patient-left."""
+    mirrored = []
+    for img, left, right in held_out:
+        flip = img[:, ::-1]
+        # after mirroring, the old patient-right head lies on the image's right: it is the new 'left'
+        new_left = (W - right[2], right[1], W - right[0], right[3])
+        new_right = (W - left[2], left[1], W - left[0], left[3])
+        mirrored.append((flip, new_left, new_right))
+    errs = _errors(trained, mirrored)
+    assert errs.mean() < 0.05 * W
+    for img, _, _ in mirrored:
+        pred = locate_heads(trained, img)
+        assert _centre(pred["left"])[0] > W / 2 > _centre(pred["right"])[0]
+
+
+def test_works_on_other_image_sizes_and_is_fast(trained) -> None:
+    rng = np.random.default_rng(5)
+    img, left, right = _synthetic(rng)
+    big = np.kron(img, np.ones((3, 3), dtype=img.dtype))  # 3x larger, same content
+    pred = locate_heads(trained, big)
+    assert np.linalg.norm(_centre(pred["left"]) - 3 * _centre(left)) < 0.05 * 3 * W
+    assert np.linalg.norm(_centre(pred["right"]) - 3 * _centre(right)) < 0.05 * 3 * W
+    start = time.perf_counter()
+    for _ in range(10):
+        locate_heads(trained, big)
+    assert (time.perf_counter() - start) / 10 < 0.1
+
+
+def test_save_load_round_trip(trained, held_out, tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "loc.pt"
+    save_localizer(trained, path)
+    loaded = load_localizer(path)
+    assert loaded.working_size == WORKING
+    assert [p.name for p in tmp_path.joinpath("sub").iterdir()] == ["loc.pt"]  # no temp file left
+    for img, _, _ in held_out[:5]:
+        assert locate_heads(loaded, img) == locate_heads(trained, img)
+
+
+def test_load_missing_or_corrupt_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        load_localizer(tmp_path / "absent.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(DataError, match="cannot read"):
+        load_localizer(bad)
+    import torch
+
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(DataError, match="not a saved"):
+        load_localizer(other)
+
+
+def test_rejects_bad_inputs() -> None:
+    model = HeadLocalizer(WORKING)
+    with pytest.raises(DataError):
+        locate_heads(model, np.zeros((4, 5, 3)))
+    with pytest.raises(DataError):
+        locate_heads(model, np.full((40, 50), np.nan))
+    with pytest.raises(DataError, match="sample 0"):
+        fit_localizer([(np.zeros((40, 50)), (10, 10, 5, 20), (30, 10, 40, 20))], working_size=WORKING, epochs=1)
+    with pytest.raises(DataError, match="no training samples"):
+        fit_localizer([], working_size=WORKING)
