@@ -139,7 +139,7 @@ def localizer_train(
 def demo(
     out: Annotated[Path, typer.Option(help="Demo folder: data, runs, report.")] = Path("runs/demo"),
     n: Annotated[int, typer.Option(help="Phantom studies to generate.")] = 600,
-    epochs: Annotated[int, typer.Option(help="Epochs per model (same budget for both).")] = 20,
+    epochs: Annotated[int, typer.Option(help="Epochs per model (same budget for both).")] = 30,
 ) -> None:
     """Phantom data -> AsT and ViT trained alike -> both evaluated on held-out patients, side by side."""
     from osteoscope.demo import run_demo

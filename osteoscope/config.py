@@ -30,6 +30,7 @@ class DataConfig:
         split_seed: Seed of the patient-level split.
         skip_bad: Skip unreadable cases (listed in the run log) instead of stopping.
         num_workers: DataLoader worker processes (0 = load in the main process).
+        cache: Keep each case's decoded head regions in memory after the first read (about 0.3 MB a case).
     """
 
     path: str = ""
@@ -40,6 +41,7 @@ class DataConfig:
     split_seed: int = 0
     skip_bad: bool = False
     num_workers: int = 0
+    cache: bool = True
 
 
 @dataclass

@@ -21,13 +21,14 @@ from osteoscope.data.manifest import MANIFEST_NAME, load_manifest
 from osteoscope.engine.evaluate import evaluate_run
 from osteoscope.engine.localizer import train_localizer_on_manifest
 from osteoscope.engine.predict import LOCALIZER_FILE, predict_images
-from osteoscope.engine.runs import LAST_CHECKPOINT, SPLITS_FILE
+from osteoscope.engine.runs import LAST_CHECKPOINT, SPLITS_FILE, make_console
 from osteoscope.engine.trainer import train
 from osteoscope.metrics import delong_test
 from osteoscope.report.plots import plot_roc
 from osteoscope.report.summary import comparison_report
 
 DEMO_MODELS = ("ast", "vit")
+LOCALIZER_EPOCHS = 12
 
 
 def demo_config(data: Path, model: str, epochs: int) -> ExperimentConfig:
@@ -66,7 +67,7 @@ def _compare(
     return {"a": a, "b": b, "subset": subset, **delong_test(labels, *scores)}
 
 
-def run_demo(out: str | Path, *, n: int = 600, epochs: int = 20, console: Console | None = None) -> dict[str, Any]:
+def run_demo(out: str | Path, *, n: int = 600, epochs: int = 30, console: Console | None = None) -> dict[str, Any]:
     """Run the whole demo into ``out`` and print the comparison table.
 
     Returns:
@@ -74,7 +75,7 @@ def run_demo(out: str | Path, *, n: int = 600, epochs: int = 20, console: Consol
     """
     from osteoscope.phantoms import generate_phantom
 
-    console = console or Console()
+    console = console or make_console()
     out = Path(out)
     data = out / "data"
     started = time.perf_counter()
@@ -93,7 +94,7 @@ def run_demo(out: str | Path, *, n: int = 600, epochs: int = 20, console: Consol
     }
     localizer = out / "ast" / LOCALIZER_FILE
     if not localizer.is_file():
-        train_localizer_on_manifest(data, localizer, case_ids=train_ids)
+        train_localizer_on_manifest(data, localizer, epochs=LOCALIZER_EPOCHS, case_ids=train_ids)
     preds = {m: _test_predictions(Path(results[m]["plots"]["roc"]).parent) for m in DEMO_MODELS}
     comparisons = [
         _compare(preds, "ast", "vit", "all test cases", None),

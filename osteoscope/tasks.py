@@ -28,7 +28,8 @@ class Task:
         label_values: Allowed values per label column.
         kind: Binary, multi-class or multi-label target.
         default_model: Registered model name used when the config names none.
-        make_builder: ``(data_config, train) -> SampleBuilder``; ``train`` switches augmentation on.
+        make_builder: ``(data_config, train, cache) -> SampleBuilder``; ``train`` switches augmentation on,
+            ``cache`` (a dict or None) is shared by builders that may keep decoded data in memory.
         make_loss: ``loss_config -> loss module`` taking ``(outputs, batch)``.
         subsets: Named case subsets reported separately in evaluation: name -> stages included
             (negatives always included), e.g. the early-stage subset.
@@ -40,13 +41,14 @@ class Task:
     label_values: dict[str, tuple[int, ...]]
     kind: LabelKind
     default_model: str
-    make_builder: Callable[[DataConfig, bool], SampleBuilder]
+    make_builder: Callable[[DataConfig, bool, dict | None], SampleBuilder]
     make_loss: Callable[[LossConfig], nn.Module]
     subsets: dict[str, tuple[int, ...]]
 
 
-def _bilateral_builder(data: DataConfig, train: bool) -> SampleBuilder:
+def _bilateral_builder(data: DataConfig, train: bool, cache: dict | None = None) -> SampleBuilder:
     return BilateralRois(
+        cache=cache,
         size=data.roi_size,
         mirror_right=data.mirror_right,
         box_jitter=data.box_jitter if train else 0.0,

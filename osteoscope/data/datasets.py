@@ -34,6 +34,8 @@ from osteoscope.data.transforms import (
 from osteoscope.errors import DataError
 
 LabelKind = Literal["binary", "multiclass", "multilabel"]
+HeadRegion = tuple[np.ndarray, Box]
+REGION_CONTEXT = 1.5
 SIDE_TARGETS = {"none": (0.0, 0.0), "left": (1.0, 0.0), "right": (0.0, 1.0), "both": (1.0, 1.0)}
 
 
@@ -114,6 +116,9 @@ class BilateralRois:
     has none), resized to ``size``, normalised jointly, and the patient's right ROI is mirrored left-right
     (``mirror_right``) so both heads face the same way and the same pixel means the same anatomy.
 
+    With ``cache`` (a dict, shareable between builders) each radiograph is decoded once and only the two
+    head regions are kept, so later epochs do not wait for image decoding.
+
     Training augmentation (when the dataset passes a generator): box jitter, one intensity transform for
     both sides, and with probability 0.5 a swap of the two sides (with their side labels) - a mirror image of
     the whole pelvis, which keeps the asymmetry and the label.
@@ -130,6 +135,7 @@ class BilateralRois:
     label_column: str = "label"
     image_column: str = "image"
     locate: Callable[[np.ndarray], dict[str, Box]] | None = None
+    cache: dict[str, tuple[HeadRegion, HeadRegion]] | None = None
 
     def boxes(self, case: Case, image: np.ndarray) -> tuple[Box, Box]:
         left, right = case.boxes.get("box_left"), case.boxes.get("box_right")
@@ -140,22 +146,61 @@ class BilateralRois:
             left, right = found["left"], found["right"]
         return left, right
 
-    def rois(self, image: np.ndarray, left: Box, right: Box) -> tuple[np.ndarray, np.ndarray]:
-        """Crop, resize, mirror and jointly normalise the two ROIs (no augmentation)."""
+    def head_region(self, image: np.ndarray, box: Box) -> HeadRegion:
+        """The square neighbourhood of a head box (``REGION_CONTEXT`` x its side, room for jitter), shrunk so
+        the box spans at most ``2 * size`` pixels, and the box in the region's coordinates.
+
+        Every path (training, evaluation, prediction) crops its ROI from such a region, so they all see the
+        same pixels; the region is small enough to keep in memory for the whole dataset.
+        """
+        x0, y0, x1, y1 = box
+        side = max(x1 - x0, y1 - y0)
+        half = side * REGION_CONTEXT / 2
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        outer = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
+        region = crop(image, outer)
+        factor = min(1.0, 2 * self.size / side)
+        region = resize(region, [max(1, round(n * factor)) for n in region.shape])
+        fx, fy = region.shape[1] / (outer[2] - outer[0]), region.shape[0] / (outer[3] - outer[1])
+        local = (
+            round((x0 - outer[0]) * fx),
+            round((y0 - outer[1]) * fy),
+            round((x1 - outer[0]) * fx),
+            round((y1 - outer[1]) * fy),
+        )
+        return region, local
+
+    def regions(self, case: Case) -> tuple[HeadRegion, HeadRegion]:
+        """Both head regions of a case, read from disk once per case when ``cache`` is set."""
+        if self.cache is not None and case.case_id in self.cache:
+            return self.cache[case.case_id]
+        image = read_array(case, self.image_column)
+        left, right = self.boxes(case, image)
+        found = (self.head_region(image, left), self.head_region(image, right))
+        if self.cache is not None:
+            self.cache[case.case_id] = found
+        return found
+
+    def crop_rois(self, left: HeadRegion, right: HeadRegion) -> tuple[np.ndarray, np.ndarray]:
+        """Crop, resize, mirror and jointly normalise the two ROIs from their regions."""
         shape = (self.size, self.size)
-        roi_left = resize(crop(image, left, square=True), shape)
-        roi_right = resize(crop(image, right, square=True), shape)
+        roi_left = resize(crop(left[0], left[1], square=True), shape)
+        roi_right = resize(crop(right[0], right[1], square=True), shape)
         if self.mirror_right:
             roi_right = roi_right[:, ::-1]
         roi_left, roi_right = robust_normalise([roi_left, roi_right])
         return roi_left, roi_right
 
+    def rois(self, image: np.ndarray, left: Box, right: Box) -> tuple[np.ndarray, np.ndarray]:
+        """The two normalised ROIs of a whole image and its head boxes (no augmentation)."""
+        return self.crop_rois(self.head_region(image, left), self.head_region(image, right))
+
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        image = read_array(case, self.image_column)
-        left, right = self.boxes(case, image)
+        left, right = self.regions(case)
         if rng is not None and self.box_jitter > 0:
-            left, right = jitter_box(left, rng, self.box_jitter), jitter_box(right, rng, self.box_jitter)
-        roi_left, roi_right = self.rois(image, left, right)
+            left = (left[0], jitter_box(left[1], rng, self.box_jitter))
+            right = (right[0], jitter_box(right[1], rng, self.box_jitter))
+        roi_left, roi_right = self.crop_rois(left, right)
         label = label_target(case, [self.label_column], "binary")
         side = side_target(case, self.label_column)
         if rng is not None:

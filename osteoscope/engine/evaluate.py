@@ -83,7 +83,7 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     data = data or run.config.data.path
     manifest = load_task_manifest(run.task, data, skip_bad=skip_bad)
-    builder = run.task.make_builder(run.config.data, False)
+    builder = run.task.make_builder(run.config.data, False, {})
     cases, bad = check_cases(select_cases(run, manifest.cases, split), builder, skip_bad=skip_bad)
     report_skipped([*manifest.skipped, *bad])
     previous = _count_evaluations(run.path, split)

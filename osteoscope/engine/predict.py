@@ -39,7 +39,7 @@ def predict_images(
         per-side heads) and the ``boxes`` used.
     """
     run = load_run(run_dir)
-    builder = run.task.make_builder(run.config.data, False)
+    builder = run.task.make_builder(run.config.data, False, None)
     if not isinstance(builder, BilateralRois):
         raise ConfigError(f"predict does not support task {run.task.name!r} yet")
     if boxes is None:

@@ -32,6 +32,12 @@ HISTORY_FILE = "history.jsonl"
 log = logging.getLogger("osteoscope")
 
 
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console that does not wrap tables and logs at 80 columns when writing to a file or CI."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
+
+
 def setup_logging(log_file: Path | None = None, *, verbose: bool = True) -> None:
     """Log to the terminal (rich) and, when given, to a plain-text file a person can read later."""
     log.setLevel(logging.INFO)
@@ -39,10 +45,8 @@ def setup_logging(log_file: Path | None = None, *, verbose: bool = True) -> None
         log.removeHandler(handler)
         handler.close()
     if verbose:
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            console = Console(stderr=True, width=140)  # a log file or CI: no wrapping at 80 columns
-        log.addHandler(RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False))
+        handler = RichHandler(console=make_console(stderr=True), show_path=False, markup=False, rich_tracebacks=False)
+        log.addHandler(handler)
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

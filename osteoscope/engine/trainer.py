@@ -108,7 +108,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
     )
 
     manifest = load_task_manifest(task, config.data.path, skip_bad=config.data.skip_bad)
-    eval_builder = task.make_builder(config.data, False)
+    cache: dict | None = {} if config.data.cache else None
+    eval_builder = task.make_builder(config.data, False, cache)
     with _progress() as bar:
         job = bar.add_task("checking cases", total=len(manifest.cases), status="")
         cases, bad = check_cases(
@@ -133,7 +134,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = False
             "training needs cases in both the train and val splits; add data or change split_fractions"
         )
 
-    train_set = CaseDataset(parts["train"], task.make_builder(config.data, True), augment=True, seed=tc.seed)
+    train_set = CaseDataset(parts["train"], task.make_builder(config.data, True, cache), augment=True, seed=tc.seed)
     val_set = CaseDataset(parts["val"], eval_builder)
     torch.manual_seed(tc.seed)
     model = build_model(config).to(device)
