@@ -138,13 +138,14 @@ def localizer_train(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Demo folder: data, runs, report.")] = Path("runs/demo"),
-    n: Annotated[int, typer.Option(help="Phantom studies to generate.")] = 600,
-    epochs: Annotated[int, typer.Option(help="Epochs per model (same budget for both).")] = 30,
+    n: Annotated[int, typer.Option(help="Phantom studies to generate.")] = 1000,
+    epochs: Annotated[int, typer.Option(help="Epochs per model (same budget for both).")] = 40,
+    subtlety: Annotated[float, typer.Option(help="Phantom lesion subtlety, 0 obvious .. 1 hardest.")] = 0.75,
 ) -> None:
     """Phantom data -> AsT and ViT trained alike -> both evaluated on held-out patients, side by side."""
     from osteoscope.demo import run_demo
 
-    run_demo(out, n=n, epochs=epochs)
+    run_demo(out, n=n, epochs=epochs, subtlety=subtlety)
 
 
 @app.command("models")

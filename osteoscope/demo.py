@@ -67,8 +67,13 @@ def _compare(
     return {"a": a, "b": b, "subset": subset, **delong_test(labels, *scores)}
 
 
-def run_demo(out: str | Path, *, n: int = 600, epochs: int = 30, console: Console | None = None) -> dict[str, Any]:
+def run_demo(
+    out: str | Path, *, n: int = 1000, epochs: int = 40, subtlety: float = 0.75, console: Console | None = None
+) -> dict[str, Any]:
     """Run the whole demo into ``out`` and print the comparison table.
+
+    The phantom is made harder than its default (``subtlety`` 0.75) so that early-stage disease is a real
+    test rather than a formality.
 
     Returns:
         The evaluation result of each model and the DeLong comparisons.
@@ -80,8 +85,8 @@ def run_demo(out: str | Path, *, n: int = 600, epochs: int = 30, console: Consol
     data = out / "data"
     started = time.perf_counter()
     if not (data / MANIFEST_NAME).is_file():
-        console.rule(f"1/4 generating {n} phantom pelvis radiographs")
-        generate_phantom("onfh-xray", data, n=n, seed=0)
+        console.rule(f"1/4 generating {n} phantom pelvis radiographs (subtlety {subtlety})")
+        generate_phantom("onfh-xray", data, n=n, seed=0, subtlety=subtlety)
     results: dict[str, dict[str, Any]] = {}
     for i, model in enumerate(DEMO_MODELS, start=2):
         run_dir = out / model
