@@ -143,3 +143,28 @@ def test_cli_predict_prints_json_per_image(trained_run: Path, easy_hips: Path) -
     predictions = json.loads(result.output)
     assert [p["image"] for p in predictions] == [str(c.images["image"]) for c in cases]
     assert all(0 <= p["probability"] <= 1 for p in predictions)
+
+
+def test_skip_bad_lists_unreadable_cases_in_the_run_log(easy_hips: Path, tmp_path: Path) -> None:
+    import csv
+
+    from osteoscope.errors import DataError
+
+    rows = list(csv.DictReader((easy_hips / "manifest.csv").open()))
+    for row in rows:
+        for column in ("image", "mask_left", "mask_right"):
+            row[column] = str(easy_hips / row[column]) if row[column] else ""
+    (tmp_path / "broken.png").write_text("not a png")
+    rows.append({**rows[0], "case_id": "broken_case", "patient_id": "broken_patient", "image": "broken.png"})
+    with (tmp_path / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = tiny_config(tmp_path, epochs=1)
+    with pytest.raises(DataError, match=r"broken_case.*broken\.png"):
+        train(config_from_dict(config), tmp_path / "strict", verbose=False)
+    config["data"]["skip_bad"] = True
+    run = train(config_from_dict(config), tmp_path / "lenient", verbose=False)
+    log_text = (run / "train.log").read_text()
+    assert "skipped broken_case" in log_text and "1 case(s) skipped" in log_text
+    assert "broken_case" not in (run / SPLITS_FILE).read_text()
