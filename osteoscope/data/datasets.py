@@ -60,6 +60,14 @@ def read_array(case: Case, column: str) -> np.ndarray:
     return read_image(path).array.astype(np.float32, copy=False)
 
 
+def read_with_mask(case: Case, image_column: str, mask_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and its mask, which must have the same shape."""
+    image, mask = read_array(case, image_column), read_array(case, mask_column)
+    if mask.shape != image.shape:
+        raise DataError(f"mask shape {mask.shape} differs from image shape {image.shape}", case_id=case.case_id)
+    return image, mask
+
+
 def label_target(case: Case, columns: Sequence[str], kind: LabelKind) -> torch.Tensor:
     """The training target of a case: a float 0/1 (binary), a class index, or a 0/1 vector (multi-label).
 
@@ -256,10 +264,7 @@ class VolumeWithMask:
     mask_column: str = "mask"
 
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        volume = read_array(case, self.image_column)
-        mask = read_array(case, self.mask_column)
-        if mask.shape != volume.shape:
-            raise DataError(f"mask shape {mask.shape} differs from image shape {volume.shape}", case_id=case.case_id)
+        volume, mask = read_with_mask(case, self.image_column, self.mask_column)
         box = case.boxes.get("box")
         if box is not None:
             volume, mask = crop(volume, box), crop(mask, box)
@@ -314,10 +319,7 @@ class ImageWithMask:
     mask_column: str = "mask_rough"
 
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        image = read_array(case, self.image_column)
-        mask = read_array(case, self.mask_column)
-        if mask.shape != image.shape:
-            raise DataError(f"mask shape {mask.shape} differs from image shape {image.shape}", case_id=case.case_id)
+        image, mask = read_with_mask(case, self.image_column, self.mask_column)
         (image,) = robust_normalise([resize(image, self.size)])
         return {
             "image": torch.from_numpy(image)[None],

@@ -211,19 +211,25 @@ def _check_fraction(value: float, name: str) -> float:
     return value
 
 
-def sensitivity_at_specificity(y_true: ArrayLike, y_score: ArrayLike, specificity: float) -> float:
-    """Highest sensitivity over thresholds whose specificity is at least ``specificity``.
-
-    Only achievable operating points count (no interpolation). NaN when only one class is present.
-    """
-    target = _check_fraction(specificity, "specificity")
+def _best_at(y_true: ArrayLike, y_score: ArrayLike, target: float, name: str, constrain_specificity: bool) -> float:
+    """Best achievable value of one rate among ROC points where the other rate is at least ``target``."""
+    target = _check_fraction(target, name)
     y, s = check_binary_inputs(y_true, y_score)
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.shape[0]:
         return float("nan")
     fpr, tpr, _ = _roc_checked(y, s)
-    ok = (1.0 - fpr) >= target - 1e-12
-    return float(tpr[ok].max())
+    specificity = 1.0 - fpr
+    constrained, optimised = (specificity, tpr) if constrain_specificity else (tpr, specificity)
+    return float(optimised[constrained >= target - 1e-12].max())
+
+
+def sensitivity_at_specificity(y_true: ArrayLike, y_score: ArrayLike, specificity: float) -> float:
+    """Highest sensitivity over thresholds whose specificity is at least ``specificity``.
+
+    Only achievable operating points count (no interpolation). NaN when only one class is present.
+    """
+    return _best_at(y_true, y_score, specificity, "specificity", constrain_specificity=True)
 
 
 def specificity_at_sensitivity(y_true: ArrayLike, y_score: ArrayLike, sensitivity: float) -> float:
@@ -231,11 +237,4 @@ def specificity_at_sensitivity(y_true: ArrayLike, y_score: ArrayLike, sensitivit
 
     Only achievable operating points count (no interpolation). NaN when only one class is present.
     """
-    target = _check_fraction(sensitivity, "sensitivity")
-    y, s = check_binary_inputs(y_true, y_score)
-    n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.shape[0]:
-        return float("nan")
-    fpr, tpr, _ = _roc_checked(y, s)
-    ok = tpr >= target - 1e-12
-    return float((1.0 - fpr[ok]).max())
+    return _best_at(y_true, y_score, sensitivity, "sensitivity", constrain_specificity=False)
