@@ -25,7 +25,8 @@ def phantom(
     n: Annotated[int, typer.Option(help="Number of studies.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 0,
     subtlety: Annotated[float, typer.Option(help="0 = obvious lesions, 1 = hardest.")] = 0.5,
-    fmt: Annotated[str, typer.Option("--format", help="png (16-bit) or dicom.")] = "png",
+    fmt: Annotated[str, typer.Option("--format", help="png (16-bit) or dicom (onfh-xray).")] = "png",
+    preview: Annotated[Path | None, typer.Option(help="Also write a contact sheet PNG of the cases.")] = None,
 ) -> None:
     """Generate a synthetic dataset with ground truth in the manifest format."""
     from rich.progress import Progress
@@ -34,16 +35,21 @@ def phantom(
 
     with Progress(transient=True) as bar:
         job = bar.add_task(f"phantom {task}", total=n)
+        options = {"fmt": fmt} if fmt != "png" else {}
         path = generate_phantom(
             task,
             out,
             n=n,
             seed=seed,
             subtlety=subtlety,
-            fmt=fmt,
             progress=lambda i, total: bar.update(job, completed=i),
+            **options,
         )
     typer.echo(f"wrote {n} studies: {path}")
+    if preview is not None:
+        from osteoscope.phantoms.preview import contact_sheet
+
+        typer.echo(f"contact sheet: {contact_sheet(out, preview)}")
 
 
 @app.command()

@@ -1,0 +1,85 @@
+"""Contact sheets: a grid of a dataset's cases by label/stage, masks outlined, to judge realism at a glance.
+
+Works for any manifest: the first image column is shown (the middle axial slice of a volume), each mask
+column is outlined in its own colour, and boxes are drawn. Cases are grouped by stage (or by their label
+values) so every group appears.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from osteoscope.data.manifest import Case, load_manifest
+from osteoscope.data.readers import read_image
+
+MASK_COLOURS = ("red", "cyan", "yellow", "lime", "magenta")
+
+
+def _group(case: Case) -> str:
+    if case.stage is not None:
+        return f"stage {case.stage}"
+    return " ".join(f"{k.removeprefix('label_')}={v}" for k, v in case.labels.items() if v) or "negative"
+
+
+def pick_cases(cases: list[Case], count: int) -> list[Case]:
+    """Up to ``count`` cases, taken round-robin from each label/stage group in sorted order."""
+    groups: dict[str, list[Case]] = defaultdict(list)
+    for case in cases:
+        groups[_group(case)].append(case)
+    queues = [groups[k] for k in sorted(groups)]
+    chosen: list[Case] = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def _slice(array: np.ndarray, z: int | None) -> np.ndarray:
+    return array if array.ndim == 2 else array[array.shape[0] // 2 if z is None else z]
+
+
+def contact_sheet(dataset: str | Path, out: str | Path, *, count: int = 12, columns: int = 4) -> Path:
+    """Draw ``count`` cases of a dataset on one PNG, titled by case, label/stage and side.
+
+    For volumes the slice through the centre of the case's first 3-D box (else the middle slice) is shown.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    cases = pick_cases(load_manifest(dataset).cases, count)
+    colours = dict(zip(sorted({c for case in cases for c in case.masks}), MASK_COLOURS, strict=False))
+    rows = max(1, -(-len(cases) // columns))
+    figure = Figure(figsize=(3.2 * columns, 3.2 * rows))
+    FigureCanvasAgg(figure)
+    for index, case in enumerate(cases):
+        axis = figure.add_subplot(rows, columns, index + 1)
+        path = next(p for p in case.images.values() if p is not None)
+        box3d = next((b for b in case.boxes.values() if b is not None and len(b) == 6), None)
+        z = (box3d[2] + box3d[5]) // 2 if box3d else None
+        image = _slice(read_image(path).array, z)
+        axis.imshow(image, cmap="gray", vmin=np.percentile(image, 0.5), vmax=np.percentile(image, 99.5))
+        for mask_column, mask_path in case.masks.items():
+            if mask_path is None or mask_column not in colours:
+                continue
+            mask = _slice(read_image(mask_path).array, z)
+            if mask.shape == image.shape and mask.any():
+                axis.contour(mask > 0, levels=[0.5], colors=colours[mask_column], linewidths=0.8)
+        for box in case.boxes.values():
+            if box is not None:
+                x0, y0, x1, y1 = (box[0], box[1], box[3], box[4]) if len(box) == 6 else box
+                axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="orange", linewidth=0.7))
+        side = f" {case.side}" if case.side else ""
+        axis.set_title(f"{case.case_id}: {_group(case)}{side}", fontsize=7)
+        axis.set_axis_off()
+    legend = ", ".join(f"{c}={colour}" for c, colour in colours.items()) or "none"
+    figure.suptitle(f"{Path(dataset).name}: {len(cases)} cases; outlines {legend}; boxes orange", fontsize=9)
+    figure.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    return out
