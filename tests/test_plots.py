@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from osteoscope.report.plots import plot_confusion_matrix, plot_roc
+from osteoscope.report.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -61,3 +61,44 @@ def test_plot_confusion_matrix_rejects_bad_input(tmp_path: Path) -> None:
         plot_confusion_matrix([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="non-negative"):
         plot_confusion_matrix([[1, -2], [3, 4]], ["a", "b"], tmp_path / "x.png")
+
+
+def test_plot_roc_draws_reader_operating_point(tmp_path: Path) -> None:
+    # A human reader's (fpr, tpr) is an operating point; it must actually change the figure.
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    s = np.array([0.1, 0.3, 0.6, 0.4, 0.8, 0.9, 0.2, 0.7])
+    plain = plot_roc({"model": (y, s)}, tmp_path / "plain.png")
+    with_reader = plot_roc({"model": (y, s)}, tmp_path / "reader.png", operating_points={"reader": (0.1, 0.4)})
+    _assert_png(with_reader)
+    with Image.open(plain) as a, Image.open(with_reader) as b:
+        diff = np.abs(np.asarray(a.convert("L"), dtype=int) - np.asarray(b.convert("L"), dtype=int))
+    assert (diff > 0).sum() > 50
+
+
+def test_plot_precision_recall_writes_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    curves = {"model": (y, rng.normal(y, 1.0)), "baseline": (y, rng.normal(0.2 * y, 1.0))}
+    out = plot_precision_recall(curves, tmp_path / "sub" / "pr.png")
+    assert out == tmp_path / "sub" / "pr.png"
+    _assert_png(out)
+
+
+def test_plot_precision_recall_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one curve"):
+        plot_precision_recall({}, tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"'model'.*positive case"):
+        plot_precision_recall({"model": ([0, 0], [0.2, 0.4])}, tmp_path / "b.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_plot_reliability_writes_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 1, 200)
+    y = (rng.uniform(0, 1, 200) < p ** 2).astype(int)
+    out = plot_reliability(y, p, tmp_path / "rel.png", n_bins=8)
+    _assert_png(out)
+    # Empty bins (all predictions in one half) must not break the plot.
+    _assert_png(plot_reliability([0, 1, 1], [0.1, 0.2, 0.3], tmp_path / "rel2.png"))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        plot_reliability([0, 1], [0.2, 1.5], tmp_path / "bad.png")

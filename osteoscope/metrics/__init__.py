@@ -1,4 +1,4 @@
-"""Classification metrics and their statistics (bootstrap CIs, DeLong, McNemar) on numpy arrays."""
+"""Metrics: binary, multi-class, multi-label, calibration, k-fold aggregation, and the statistics (bootstrap, DeLong, McNemar)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from osteoscope.metrics.binary import (
     specificity_at_sensitivity,
     youden_threshold,
 )
+from osteoscope.metrics.calibration import expected_calibration_error, reliability_curve
+from osteoscope.metrics.kfold import aggregate_folds, pooled_binary_metrics
+from osteoscope.metrics.multiclass import check_multiclass_inputs, multiclass_metrics
+from osteoscope.metrics.multilabel import average_precision, multilabel_metrics, precision_recall_points
 from osteoscope.metrics.statistics import (
     bootstrap_ci,
     bootstrap_metrics,
@@ -20,13 +24,22 @@ from osteoscope.metrics.statistics import (
 )
 
 __all__ = [
+    "aggregate_folds",
+    "average_precision",
     "binary_metrics",
     "bootstrap_ci",
     "bootstrap_metrics",
     "check_binary_inputs",
+    "check_multiclass_inputs",
     "delong_ci",
     "delong_test",
+    "expected_calibration_error",
     "mcnemar_test",
+    "multiclass_metrics",
+    "multilabel_metrics",
+    "pooled_binary_metrics",
+    "precision_recall_points",
+    "reliability_curve",
     "roc_auc",
     "roc_points",
     "sensitivity_at_specificity",

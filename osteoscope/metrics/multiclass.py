@@ -47,7 +47,8 @@ def check_multiclass_inputs(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.nd
     labels = y.astype(np.int64)
     outside = (labels < 0) | (labels >= k)
     if outside.any():
-        raise ValueError(f"y_true must contain class indices 0..{k - 1}; found {np.unique(labels[outside])[:5].tolist()}")
+        found = np.unique(labels[outside])[:5].tolist()
+        raise ValueError(f"y_true must contain class indices 0..{k - 1}; found {found}")
     if not np.isfinite(p).all():
         raise ValueError(f"y_prob contains {int((~np.isfinite(p)).sum())} NaN or infinite value(s)")
     if (p < 0).any():

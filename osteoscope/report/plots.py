@@ -14,11 +14,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from osteoscope.metrics.binary import roc_auc, roc_points
+from osteoscope.metrics.calibration import expected_calibration_error, reliability_curve
+from osteoscope.metrics.multilabel import average_precision, precision_recall_points
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion_matrix", "plot_roc"]
+__all__ = ["plot_confusion_matrix", "plot_precision_recall", "plot_reliability", "plot_roc"]
 
 
 def _new_figure(size: tuple[float, float]) -> Figure:
@@ -145,4 +147,97 @@ def plot_confusion_matrix(
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_precision_recall(
+    curves: dict[str, tuple[ArrayLike, ArrayLike]], path: str | Path, *, title: str = "Precision-recall"
+) -> Path:
+    """Plot one or more precision-recall curves with their average precision (AP) in the legend.
+
+    Curves are drawn as steps, so the area under each is exactly its AP. A dotted line per curve marks its
+    prevalence, the precision of a random classifier, which matters for rare findings.
+
+    Args:
+        curves: Name -> ``(y_true, y_score)``; each needs at least one positive case.
+        path: Output PNG file.
+        title: Figure title.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: when ``curves`` is empty or an input is malformed or has no positive case.
+    """
+    if not curves:
+        raise ValueError("plot_precision_recall needs at least one curve")
+    computed = []
+    for name, (y_true, y_score) in curves.items():
+        try:
+            precision, recall, _ = precision_recall_points(y_true, y_score)
+        except ValueError as exc:
+            raise ValueError(f"curve {name!r}: {exc}") from exc
+        prevalence = float(np.mean(np.asarray(y_true, dtype=np.float64)))
+        computed.append((name, precision, recall, average_precision(y_true, y_score), prevalence))
+
+    fig = _new_figure((5.0, 5.0))
+    ax = fig.add_subplot()
+    for name, precision, recall, ap, prevalence in computed:
+        (line,) = ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", linewidth=1.8,
+                          label=f"{name} (AP = {ap:.3f})")
+        ax.axhline(prevalence, linestyle=":", linewidth=1, color=line.get_color())
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Recall (sensitivity)")
+    ax.set_ylabel("Precision (PPV)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_reliability(
+    y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, *, n_bins: int = 10, title: str = "Reliability"
+) -> Path:
+    """Plot a reliability diagram: observed positive rate against mean predicted probability per bin.
+
+    The upper panel shows the curve against the diagonal of perfect calibration, with the expected
+    calibration error (ECE) in the legend; the lower panel shows how many cases fall in each bin, since
+    sparse bins make their points unreliable.
+
+    Args:
+        y_true: 0/1 labels.
+        y_prob: Predicted probabilities of the positive class, in [0, 1].
+        path: Output PNG file.
+        n_bins: Number of equal-width bins.
+        title: Figure title.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: on invalid labels or probabilities or ``n_bins < 1``.
+    """
+    curve = reliability_curve(y_true, y_prob, n_bins=n_bins)
+    ece = expected_calibration_error(y_true, y_prob, n_bins=n_bins)
+    edges = np.asarray(curve["bin_edges"])
+    counts = np.asarray(curve["counts"])
+    filled = counts > 0
+    mean_predicted = np.asarray(curve["mean_predicted"])[filled]
+    observed = np.asarray(curve["observed_frequency"])[filled]
+
+    fig = _new_figure((5.0, 6.0))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfectly calibrated")
+    top.plot(mean_predicted, observed, marker="o", linewidth=1.8, label=f"model (ECE = {ece:.3f})")
+    top.set_xlim(-0.01, 1.01)
+    top.set_ylim(-0.01, 1.01)
+    top.set_ylabel("Observed positive fraction")
+    top.set_title(title)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize="small")
+    bottom.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="0.5", edgecolor="white")
+    bottom.set_xlabel("Mean predicted probability")
+    bottom.set_ylabel("Cases")
     return _save(fig, path)
