@@ -1,8 +1,9 @@
 """Contact sheets: a grid of a dataset's cases by label/stage, masks outlined, to judge realism at a glance.
 
 Works for any manifest: the first image column is shown (the middle axial slice of a volume), each mask
-column is outlined in its own colour, and boxes are drawn. Cases are grouped by stage (or by their label
-values) so every group appears.
+column is outlined in its own colour, and boxes are drawn; masks and boxes named for another view
+(``mask_lat`` when ``image_ap`` is shown) are left out. Cases are grouped by stage (or by their label values)
+so every group appears.
 """
 
 from __future__ import annotations
@@ -58,19 +59,20 @@ def contact_sheet(dataset: str | Path, out: str | Path, *, count: int = 12, colu
     FigureCanvasAgg(figure)
     for index, case in enumerate(cases):
         axis = figure.add_subplot(rows, columns, index + 1)
-        path = next(p for p in case.images.values() if p is not None)
+        column, path = next((c, p) for c, p in case.images.items() if p is not None)
+        other_views = {c.removeprefix("image_") for c in case.images if c != column and c.startswith("image_")}
         box3d = next((b for b in case.boxes.values() if b is not None and len(b) == 6), None)
         z = (box3d[2] + box3d[5]) // 2 if box3d else None
         image = _slice(read_image(path).array, z)
         axis.imshow(image, cmap="gray", vmin=np.percentile(image, 0.5), vmax=np.percentile(image, 99.5))
         for mask_column, mask_path in case.masks.items():
-            if mask_path is None or mask_column not in colours:
+            if mask_path is None or mask_column not in colours or mask_column.removeprefix("mask_") in other_views:
                 continue
             mask = _slice(read_image(mask_path).array, z)
             if mask.shape == image.shape and mask.any():
                 axis.contour(mask > 0, levels=[0.5], colors=colours[mask_column], linewidths=0.8)
-        for box in case.boxes.values():
-            if box is not None:
+        for box_column, box in case.boxes.items():
+            if box is not None and box_column.removeprefix("box_") not in other_views:
                 x0, y0, x1, y1 = (box[0], box[1], box[3], box[4]) if len(box) == 6 else box
                 axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="orange", linewidth=0.7))
         side = f" {case.side}" if case.side else ""
