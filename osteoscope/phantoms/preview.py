@@ -22,7 +22,9 @@ MASK_COLOURS = ("red", "cyan", "yellow", "lime", "magenta")
 def _group(case: Case) -> str:
     if case.stage is not None:
         return f"stage {case.stage}"
-    return " ".join(f"{k.removeprefix('label_')}={v}" for k, v in case.labels.items() if v) or "negative"
+    if len(case.labels) == 1:
+        return f"label={next(iter(case.labels.values()))}"
+    return " ".join(f"{k.removeprefix('label_')}={v}" for k, v in case.labels.items() if v) or "no label set"
 
 
 def pick_cases(cases: list[Case], count: int) -> list[Case]:
