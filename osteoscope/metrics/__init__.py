@@ -1,4 +1,4 @@
-"""Metrics: binary, multi-class, multi-label, calibration, k-fold aggregation, and the statistics (bootstrap, DeLong, McNemar)."""
+"""Metrics: binary, multi-class, multi-label, calibration, k-fold; bootstrap, DeLong and McNemar statistics."""
 
 from __future__ import annotations
 
