@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from osteoscope.errors import ConfigError
-from osteoscope.phantoms import calcaneus_multilabel, femur_fracture_xray, onfh_mr_staging, onfh_xray
+from osteoscope.phantoms import avnfh_ct, calcaneus_multilabel, femur_fracture_xray, onfh_mr_staging, onfh_xray
 
 PHANTOMS: dict[str, Callable[..., Path]] = {
     onfh_xray.TASK: onfh_xray.generate,
     calcaneus_multilabel.TASK: calcaneus_multilabel.generate,
     femur_fracture_xray.TASK: femur_fracture_xray.generate,
     onfh_mr_staging.TASK: onfh_mr_staging.generate,
+    avnfh_ct.TASK: avnfh_ct.generate,
 }
 
 
