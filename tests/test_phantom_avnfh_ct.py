@@ -77,7 +77,7 @@ def test_read_back_hu_spacing_and_box(dataset: tuple[Path, list[dict[str, str]]]
 def test_lesion_mask_by_stage(dataset: tuple[Path, list[dict[str, str]]]) -> None:
     root, rows = dataset
     for r in rows:
-        lesion = read_image(root / r["lesion_mask"]).array > 0
+        lesion = read_image(root / r["mask_lesion"]).array > 0
         if int(r["stage"]) < 2:
             assert not lesion.any()
             continue

@@ -23,7 +23,7 @@ Class balance and stage mix follow Table I of the seed (training cohort: 628 neg
 Manifest ``box`` (``x0 y0 z0 x1 y1 z1``, end exclusive) indexes the array returned by
 :func:`osteoscope.data.readers.read_image` (``(z, y, x)``, LPS axes); ``spacing`` is ``sx sy sz`` in mm.
 ``mask`` is a coarse bone mask (the bone geometry dilated by one voxel, like SRANet's thresholded
-masks) and ``lesion_mask`` the exact femoral necrotic segment. ``subtlety`` scales lesion contrast,
+masks) and ``mask_lesion`` the exact femoral necrotic segment. ``subtlety`` scales lesion contrast,
 size and collapse (1 = hardest, still measurably abnormal).
 """
 
@@ -48,7 +48,7 @@ COLUMNS = (
     "patient_id",
     "image",
     "mask",
-    "lesion_mask",
+    "mask_lesion",
     "box",
     "label",
     "stage",
@@ -158,7 +158,7 @@ def generate(
                     "patient_id": patient_id,
                     "image": image,
                     "mask": mask,
-                    "lesion_mask": lesion_path,
+                    "mask_lesion": lesion_path,
                     "box": boxes[side],
                     "label": str(int(stage > 0)),
                     "stage": str(stage),
