@@ -45,10 +45,21 @@ def _slice(array: np.ndarray, z: int | None) -> np.ndarray:
     return array if array.ndim == 2 else array[array.shape[0] // 2 if z is None else z]
 
 
+def _focus_slice(case: Case, volume: np.ndarray) -> int:
+    """The axial slice to show: where a lesion mask (``mask_<key>``) is largest, else the box centre."""
+    for column, path in case.masks.items():
+        if column != "mask" and path is not None:
+            area = (read_image(path).array > 0).sum(axis=(1, 2))
+            if area.shape[0] == volume.shape[0] and area.any():
+                return int(area.argmax())
+    box = next((b for b in case.boxes.values() if b is not None and len(b) == 6), None)
+    return (box[2] + box[5]) // 2 if box else volume.shape[0] // 2
+
+
 def contact_sheet(dataset: str | Path, out: str | Path, *, count: int = 12, columns: int = 4) -> Path:
     """Draw ``count`` cases of a dataset on one PNG, titled by case, label/stage and side.
 
-    For volumes the slice through the centre of the case's first 3-D box (else the middle slice) is shown.
+    For volumes the axial slice where the lesion mask is largest is shown (else the centre of the 3-D box).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -63,9 +74,9 @@ def contact_sheet(dataset: str | Path, out: str | Path, *, count: int = 12, colu
         axis = figure.add_subplot(rows, columns, index + 1)
         column, path = next((c, p) for c, p in case.images.items() if p is not None)
         other_views = {c.removeprefix("image_") for c in case.images if c != column and c.startswith("image_")}
-        box3d = next((b for b in case.boxes.values() if b is not None and len(b) == 6), None)
-        z = (box3d[2] + box3d[5]) // 2 if box3d else None
-        image = _slice(read_image(path).array, z)
+        volume = read_image(path).array
+        z = _focus_slice(case, volume) if volume.ndim == 3 else None
+        image = _slice(volume, z)
         axis.imshow(image, cmap="gray", vmin=np.percentile(image, 0.5), vmax=np.percentile(image, 99.5))
         for mask_column, mask_path in case.masks.items():
             if mask_path is None or mask_column not in colours or mask_column.removeprefix("mask_") in other_views:
