@@ -227,17 +227,19 @@ class BilateralRois:
 
 @dataclass
 class SingleImage:
-    """One 2-D image resized to ``size`` (H, W) and normalised; cropped to ``box`` first when given."""
+    """One 2-D image resized to ``size`` (H, W) and normalised; cropped first to the square about the box in
+    ``box_column`` when the case has one."""
 
     size: tuple[int, int] = (224, 224)
     label_columns: tuple[str, ...] = ("label",)
     kind: LabelKind = "binary"
     image_column: str = "image"
+    box_column: str = "box"
 
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
         image = read_array(case, self.image_column)
-        if case.boxes.get("box") is not None:
-            image = crop(image, case.boxes["box"])
+        if case.boxes.get(self.box_column) is not None:
+            image = crop(image, case.boxes[self.box_column], square=True)
         (image,) = robust_normalise([resize(image, self.size)])
         if rng is not None:
             (image,) = apply_intensity([image], draw_intensity_params(rng))
