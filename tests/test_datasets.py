@@ -91,7 +91,7 @@ def test_volume_with_mask_crops_the_box(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text(
         "case_id,patient_id,image,mask,box,label\nc1,p1,ct.nii.gz,mask.nii.gz,8 6 5 20 18 15,1\n"
     )
-    batch = batch_of(tmp_path, VolumeWithMask(size=(8, 8, 8)), n=1)
+    batch = batch_of(tmp_path, VolumeWithMask(size=(8, 8, 8), keep_aspect=False), n=1)
     assert batch["image"].shape == batch["mask"].shape == (1, 1, 8, 8, 8)
     assert batch["mask"].min() == 1.0  # the box is exactly the bone, so the mask fills it
 
@@ -144,3 +144,23 @@ def test_crop_pads_outside_and_squares() -> None:
     assert region.shape == (5, 5)
     assert (region[:, :2] == region[:, 2:3]).all()  # edge padding on the left
     assert crop(image, (2, 2, 4, 8), square=True).shape == (6, 6)
+
+
+def test_volume_keeps_physical_aspect_and_pads(tmp_path: Path) -> None:
+    """An anisotropic scan of a ball becomes a round ball in isotropic voxels, padded to the cube."""
+    z, y, x = np.mgrid[:16, :40, :40]  # 64 mm deep, 40 mm wide
+    ball = (((z - 7.5) * 4.0) ** 2 + ((y - 19.5) * 1.0) ** 2 + ((x - 19.5) * 1.0) ** 2 <= 12.0**2).astype(np.float32)
+    volume = 1000 * ball
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.transpose(volume, (2, 1, 0)), np.diag([-1.0, -1.0, 4.0, 1.0])), path)
+    nib.save(nib.Nifti1Image(np.transpose(ball, (2, 1, 0)), np.diag([-1.0, -1.0, 4.0, 1.0])), tmp_path / "m.nii.gz")
+    (tmp_path / "manifest.csv").write_text("case_id,patient_id,image,mask,label\nc1,p1,ct.nii.gz,m.nii.gz,0\n")
+    batch = batch_of(tmp_path, VolumeWithMask(size=(20, 20, 20), window=None), n=1)
+    mask = batch["mask"][0, 0].numpy()
+    assert mask.shape == (20, 20, 20)
+    extents = [np.ptp(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != k)))) + 1 for k in range(3)]
+    assert max(extents) - min(extents) <= 2  # round, not squashed 4:1 along z
+    stretched = batch_of(tmp_path, VolumeWithMask(size=(20, 20, 20), window=None, keep_aspect=False), n=1)
+    s = stretched["mask"][0, 0].numpy()
+    s_extents = [np.ptp(np.flatnonzero(s.any(axis=tuple(a for a in range(3) if a != k)))) + 1 for k in range(3)]
+    assert max(s_extents) - min(s_extents) > 2

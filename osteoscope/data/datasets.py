@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from osteoscope.data.manifest import Box, Case
-from osteoscope.data.readers import read_image
+from osteoscope.data.readers import Image, read_image
 from osteoscope.data.transforms import (
     apply_intensity,
     crop,
@@ -52,19 +52,24 @@ class SampleBuilder(Protocol):
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]: ...
 
 
-def read_array(case: Case, column: str) -> np.ndarray:
-    """Read the file in ``column`` of a case as float32, or raise a DataError naming case and column."""
+def read_case_image(case: Case, column: str) -> Image:
+    """Read the file in ``column`` of a case (array and spacing), or raise a DataError naming case and column."""
     path = case.images.get(column) or case.masks.get(column)
     if path is None:
         raise DataError(f"no file in column {column}", case_id=case.case_id)
-    return read_image(path).array.astype(np.float32, copy=False)
+    return read_image(path)
 
 
-def read_with_mask(case: Case, image_column: str, mask_column: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image and its mask, which must have the same shape."""
-    image, mask = read_array(case, image_column), read_array(case, mask_column)
-    if mask.shape != image.shape:
-        raise DataError(f"mask shape {mask.shape} differs from image shape {image.shape}", case_id=case.case_id)
+def read_array(case: Case, column: str) -> np.ndarray:
+    """The pixels of the file in ``column`` of a case as float32."""
+    return read_case_image(case, column).array.astype(np.float32, copy=False)
+
+
+def read_with_mask(case: Case, image_column: str, mask_column: str) -> tuple[Image, np.ndarray]:
+    """Read an image (with its spacing) and its mask, which must have the same shape."""
+    image, mask = read_case_image(case, image_column), read_array(case, mask_column)
+    if mask.shape != image.array.shape:
+        raise DataError(f"mask shape {mask.shape} differs from image shape {image.array.shape}", case_id=case.case_id)
     return image, mask
 
 
@@ -253,29 +258,44 @@ def _mask_to(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 @dataclass
 class VolumeWithMask:
-    """A 3-D volume (cropped to ``box`` when given) and its mask, resized to ``size`` (D, H, W).
+    """A 3-D volume (cropped to ``box`` when given) and its mask, brought to ``size`` (D, H, W).
 
-    Intensities are clipped to ``window`` (e.g. Hounsfield units) before the joint normalisation.
+    With ``keep_aspect`` (default) the crop is resampled to isotropic voxels, the longest physical side
+    filling ``size``, and the rest padded, as the SRANet seed crops, resamples and pads the femoral-head box
+    to 128^3; otherwise it is stretched to ``size``. Intensities are clipped to ``window`` (e.g. Hounsfield
+    units) before the normalisation; padding takes the lowest value.
     """
 
     size: tuple[int, int, int] = (128, 128, 128)
     window: tuple[float, float] | None = (-200.0, 1500.0)
+    keep_aspect: bool = True
     label_columns: tuple[str, ...] = ("label",)
     kind: LabelKind = "binary"
     image_column: str = "image"
     mask_column: str = "mask"
 
+    def fitted_shape(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
+        """Shape of the isotropic resampling whose longest physical side fills ``size``."""
+        extent = np.asarray(shape) * np.asarray(spacing)
+        voxel = max(extent / np.asarray(self.size))
+        return tuple(int(min(s, max(1, round(e / voxel)))) for e, s in zip(extent, self.size, strict=True))
+
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        volume, mask = read_with_mask(case, self.image_column, self.mask_column)
+        image, mask = read_with_mask(case, self.image_column, self.mask_column)
+        volume = image.array
         box = case.boxes.get("box")
         if box is not None:
             volume, mask = crop(volume, box), crop(mask, box)
         if self.window is not None:
             volume = np.clip(volume, *self.window)
-        (volume,) = robust_normalise([resize(volume, self.size)])
+        shape = self.fitted_shape(volume.shape, image.spacing) if self.keep_aspect else self.size
+        volume, mask = resize(volume, shape), _mask_to(mask, shape)
+        pad = [((s - n) // 2, s - n - (s - n) // 2) for s, n in zip(self.size, shape, strict=True)]
+        volume = np.pad(volume, pad, constant_values=volume.min())
+        (volume,) = robust_normalise([volume])
         return {
             "image": torch.from_numpy(volume)[None],
-            "mask": torch.from_numpy(_mask_to(mask, self.size))[None],
+            "mask": torch.from_numpy(np.pad(mask, pad))[None],
             "label": label_target(case, self.label_columns, self.kind),
         }
 
@@ -322,9 +342,9 @@ class ImageWithMask:
 
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
         image, mask = read_with_mask(case, self.image_column, self.mask_column)
-        (image,) = robust_normalise([resize(image, self.size)])
+        (pixels,) = robust_normalise([resize(image.array, self.size)])
         return {
-            "image": torch.from_numpy(image)[None],
+            "image": torch.from_numpy(pixels)[None],
             "mask": torch.from_numpy(_mask_to(mask, self.size))[None],
             "label": label_target(case, self.label_columns, "multilabel"),
         }
