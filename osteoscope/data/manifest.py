@@ -219,7 +219,7 @@ def write_manifest(path: str | Path, rows: Sequence[dict[str, object]], columns:
     """Write manifest rows (values as given; ``None`` becomes an empty cell) to ``path``."""
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})

@@ -29,7 +29,6 @@ size and collapse (1 = hardest, still measurably abnormal).
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter
 
+from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms._draw import smoothstep
 
@@ -169,12 +169,7 @@ def generate(
             )
             if progress is not None:
                 progress(len(rows), int(n))
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(out / MANIFEST_NAME, rows, COLUMNS)
 
 
 def _plan(n: int, rng: np.random.Generator) -> list[list[tuple[str, int]]]:

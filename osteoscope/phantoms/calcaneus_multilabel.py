@@ -37,7 +37,6 @@ follow-up study: same fracture, new positioning and exposure.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from collections.abc import Callable
@@ -48,6 +47,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
+from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms._draw import (
     FourierField,
@@ -192,12 +192,7 @@ def generate(
             rows.append(row)
             if progress is not None:
                 progress(len(rows), n)
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(out / MANIFEST_NAME, rows, COLUMNS)
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:

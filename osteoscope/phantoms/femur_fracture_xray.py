@@ -24,7 +24,6 @@ beak and a near-transverse line, NFF still an oblique, helical or multi-fragment
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms._draw import FourierField, Grid, ellipsoid, smoothstep, sphere, tube, write_png16
 
@@ -170,12 +170,7 @@ def generate(
             rows.append(row)
             if progress is not None:
                 progress(len(rows), int(n))
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(out / MANIFEST_NAME, rows, COLUMNS)
 
 
 def _check_args(n: int, subtlety: float, image_size: tuple[int, int], aff_fraction: float) -> None:

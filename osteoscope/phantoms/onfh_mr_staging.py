@@ -34,7 +34,6 @@ patients, one study each, a fifth of them normal and the rest stages I–IV, all
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from osteoscope.data.manifest import write_manifest
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms._draw import FourierField, band, ellipse_radius, segment_distance, smoothstep, write_png16
 
@@ -182,7 +182,7 @@ def generate(
         )
         if progress is not None:
             progress(i + 1, total)
-    manifest = _write_manifest(out / "manifest.csv", COLUMNS, rows)
+    manifest = write_manifest(out / "manifest.csv", rows, COLUMNS)
     pre_rows = []
     stage_rng = np.random.default_rng([seed, 2])
     pre_stages = stage_rng.choice(5, size=pairs, p=_PRETEXT_STAGES)
@@ -195,7 +195,7 @@ def generate(
         pre_rows.append({"case_id": patient_id, "patient_id": patient_id, **row})
         if progress is not None:
             progress(n + k + 1, total)
-    _write_manifest(pretext / "manifest.csv", PRETEXT_COLUMNS, pre_rows)
+    write_manifest(pretext / "manifest.csv", pre_rows, PRETEXT_COLUMNS)
     return manifest
 
 
@@ -474,12 +474,3 @@ def _write_images(folder: Path, case_id: str, study: dict[str, np.ndarray], miss
     write_png16(folder / path, np.clip(np.round(study["ct"] + CT_OFFSET), 0, 65535).astype(np.uint16))
     row["image_ct"] = path
     return row
-
-
-def _write_manifest(path: Path, columns: tuple[str, ...], rows: list[dict[str, str]]) -> Path:
-    """Write ``rows`` as a CSV with the given columns and return its path."""
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

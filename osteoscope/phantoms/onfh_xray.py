@@ -29,7 +29,6 @@ mix slightly towards later stages.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms._draw import (
     Crop,
@@ -209,12 +209,7 @@ def generate(
             done += 1
             if progress is not None:
                 progress(done, n)
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(out / MANIFEST_NAME, rows, COLUMNS)
 
 
 def _check_args(
