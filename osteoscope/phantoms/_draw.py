@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from osteoscope.errors import ConfigError
+
 FloatArray = np.ndarray
 
 
@@ -228,3 +230,17 @@ def write_png16(path: str | Path, pixels: np.ndarray) -> None:
         + chunk(b"IEND", b"")
     )
     Path(path).write_bytes(png)
+
+
+def check_count_and_subtlety(n: int, subtlety: float) -> None:
+    """Reject a study count that is not a positive integer or a subtlety outside [0, 1]."""
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ConfigError(f"n must be a positive integer, got {n!r}")
+    if not 0.0 <= subtlety <= 1.0:
+        raise ConfigError(f"subtlety must lie in [0, 1], got {subtlety!r}")
+
+
+def check_image_size(image_size: tuple[int, int]) -> None:
+    """Reject an image size that is not (rows, cols) with both at least 64 pixels."""
+    if len(image_size) != 2 or min(image_size) < 64:
+        raise ConfigError(f"image_size must be (rows, cols) with both at least 64, got {image_size!r}")

@@ -39,8 +39,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter
 
 from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
-from osteoscope.errors import ConfigError
-from osteoscope.phantoms._draw import smoothstep
+from osteoscope.phantoms._draw import check_count_and_subtlety, smoothstep
 
 TASK = "avnfh-ct"
 COLUMNS = (
@@ -118,10 +117,7 @@ def generate(
     Returns:
         Path of the written ``manifest.csv``.
     """
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    if not 0.0 <= subtlety <= 1.0:
-        raise ConfigError(f"subtlety must lie in [0, 1], got {subtlety!r}")
+    check_count_and_subtlety(n, subtlety)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)

@@ -48,11 +48,12 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
 from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
-from osteoscope.errors import ConfigError
 from osteoscope.phantoms._draw import (
     FourierField,
     Grid,
     band,
+    check_count_and_subtlety,
+    check_image_size,
     ellipse_radius,
     ellipsoid,
     segment_distance,
@@ -150,12 +151,8 @@ def generate(
     Returns:
         Path of the written ``manifest.csv``.
     """
-    if int(n) != n or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    if not 0.0 <= subtlety <= 1.0:
-        raise ConfigError(f"subtlety must lie in [0, 1], got {subtlety!r}")
-    if len(image_size) != 2 or min(image_size) < 64:
-        raise ConfigError(f"image_size must be (rows, cols) with both at least 64, got {image_size!r}")
+    check_count_and_subtlety(n, subtlety)
+    check_image_size(image_size)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,17 @@ from scipy.ndimage import gaussian_filter
 
 from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
 from osteoscope.errors import ConfigError
-from osteoscope.phantoms._draw import FourierField, Grid, ellipsoid, smoothstep, sphere, tube, write_png16
+from osteoscope.phantoms._draw import (
+    FourierField,
+    Grid,
+    check_count_and_subtlety,
+    check_image_size,
+    ellipsoid,
+    smoothstep,
+    sphere,
+    tube,
+    write_png16,
+)
 
 TASK = "femur-fracture-xray"
 COLUMNS = (
@@ -175,12 +185,8 @@ def generate(
 
 def _check_args(n: int, subtlety: float, image_size: tuple[int, int], aff_fraction: float) -> None:
     """Reject options the generator cannot honour."""
-    if int(n) != n or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    if not 0.0 <= subtlety <= 1.0:
-        raise ConfigError(f"subtlety must lie in [0, 1], got {subtlety!r}")
-    if len(image_size) != 2 or min(image_size) < 64:
-        raise ConfigError(f"image_size must be (rows, cols) with both at least 64, got {image_size!r}")
+    check_count_and_subtlety(n, subtlety)
+    check_image_size(image_size)
     if not 0.0 <= aff_fraction <= 1.0:
         raise ConfigError(f"aff_fraction must lie in [0, 1], got {aff_fraction!r}")
 

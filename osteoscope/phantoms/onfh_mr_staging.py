@@ -45,7 +45,15 @@ from scipy.ndimage import gaussian_filter
 
 from osteoscope.data.manifest import write_manifest
 from osteoscope.errors import ConfigError
-from osteoscope.phantoms._draw import FourierField, band, ellipse_radius, segment_distance, smoothstep, write_png16
+from osteoscope.phantoms._draw import (
+    FourierField,
+    band,
+    check_count_and_subtlety,
+    ellipse_radius,
+    segment_distance,
+    smoothstep,
+    write_png16,
+)
 
 TASK = "onfh-mr-staging"
 PROTOCOLS = ("t1", "t2", "pdfs", "stir", "t1fs")
@@ -201,10 +209,7 @@ def generate(
 
 def _check_args(n: int, subtlety: float, image_size: int, pairs: int, missing_fraction: float) -> None:
     """Raise :class:`ConfigError` on options outside their range."""
-    if int(n) != n or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    if not 0.0 <= subtlety <= 1.0:
-        raise ConfigError(f"subtlety must lie in [0, 1], got {subtlety!r}")
+    check_count_and_subtlety(n, subtlety)
     if int(image_size) != image_size or image_size < 48:
         raise ConfigError(f"image_size must be an integer of at least 48, got {image_size!r}")
     if int(pairs) != pairs or pairs < 0:

@@ -45,6 +45,8 @@ from osteoscope.phantoms._draw import (
     FourierField,
     Grid,
     band,
+    check_count_and_subtlety,
+    check_image_size,
     ellipse_radius,
     ellipsoid,
     segment_distance,
@@ -198,13 +200,9 @@ def generate(
             case_id = f"{patient_id}_s{k + 1}"
             pose = _draw_pose(np.random.default_rng([seed, 2, patient.index, k]), anatomy)
             noise_rng = np.random.default_rng([seed, 3, patient.index, k])
-            pixels, masks, boxes, spacing = _render(
-                anatomy, lesions, stages, pose, image_size, subtlety, noise_rng
-            )
+            pixels, masks, boxes, spacing = _render(anatomy, lesions, stages, pose, image_size, subtlety, noise_rng)
             rows.append(
-                _write_case(
-                    out, case_id, patient_id, k, seed, fmt, pixels, masks, boxes, spacing, stages, subtlety
-                )
+                _write_case(out, case_id, patient_id, k, seed, fmt, pixels, masks, boxes, spacing, stages, subtlety)
             )
             done += 1
             if progress is not None:
@@ -221,12 +219,8 @@ def _check_args(
     positive_fraction: float,
 ) -> dict[int, float]:
     """Validate the options and return the normalised stage mix."""
-    if int(n) != n or n < 1:
-        raise ConfigError(f"n must be a positive integer, got {n!r}")
-    if not 0.0 <= subtlety <= 1.0:
-        raise ConfigError(f"subtlety must lie in [0, 1], got {subtlety!r}")
-    if len(image_size) != 2 or min(image_size) < 64:
-        raise ConfigError(f"image_size must be (rows, cols) with both at least 64, got {image_size!r}")
+    check_count_and_subtlety(n, subtlety)
+    check_image_size(image_size)
     if fmt not in ("png", "dicom"):
         raise ConfigError(f"fmt must be 'png' or 'dicom', got {fmt!r}")
     if not 0.0 <= positive_fraction <= 1.0:
@@ -238,9 +232,7 @@ def _check_args(
     return {k: v / total for k, v in sorted(mix.items())}
 
 
-def _plan(
-    n: int, rng: np.random.Generator, positive_fraction: float, mix: dict[int, float]
-) -> list[_Patient]:
+def _plan(n: int, rng: np.random.Generator, positive_fraction: float, mix: dict[int, float]) -> list[_Patient]:
     """Split ``n`` studies into patients and give positive patients per-side stages per study."""
     counts, probs = zip(*_STUDIES_PER_PATIENT, strict=True)
     patients: list[_Patient] = []
@@ -463,9 +455,7 @@ class _Head:
     joint_space: float
 
 
-def _head_geometry(
-    hip: _Hip, s: int, pose: _Pose, stage: int, lesion: _Lesion | None, structure: float
-) -> _Head:
+def _head_geometry(hip: _Hip, s: int, pose: _Pose, stage: int, lesion: _Lesion | None, structure: float) -> _Head:
     """Place the head for this study and decide how much of it has collapsed."""
     angle = math.radians(lesion.angle if lesion else 20.0)
     direction = (s * math.sin(angle), -math.cos(angle))
