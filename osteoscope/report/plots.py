@@ -18,6 +18,7 @@ from osteoscope.metrics.calibration import expected_calibration_error, reliabili
 from osteoscope.metrics.multilabel import average_precision, precision_recall_points
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["plot_confusion_matrix", "plot_precision_recall", "plot_reliability", "plot_roc"]
@@ -39,6 +40,18 @@ def _save(fig: Figure, path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=120)
     return out
+
+
+def _finish_unit_square(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
+    """Limits, labels, grid and legend shared by the plots of two rates on [0, 1] x [0, 1]."""
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize="small")
 
 
 def plot_roc(
@@ -85,16 +98,18 @@ def plot_roc(
         ax.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUC = {auc:.3f})")
     markers = "osD^vP*X"
     for k, (name, (x, y)) in enumerate(points.items()):
-        ax.plot([x], [y], linestyle="none", marker=markers[k % len(markers)], markersize=8,
-                markeredgecolor="black", label=name)
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("1 - specificity (false positive rate)")
-    ax.set_ylabel("Sensitivity (true positive rate)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+        ax.plot(
+            [x],
+            [y],
+            linestyle="none",
+            marker=markers[k % len(markers)],
+            markersize=8,
+            markeredgecolor="black",
+            label=name,
+        )
+    _finish_unit_square(
+        ax, "1 - specificity (false positive rate)", "Sensitivity (true positive rate)", title, "lower right"
+    )
     return _save(fig, path)
 
 
@@ -139,8 +154,9 @@ def plot_confusion_matrix(
         for j in range(k):
             count = f"{int(m[i, j])}" if integer else f"{m[i, j]:.3g}"
             colour = "white" if fraction[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{count}\n{100 * fraction[i, j]:.0f}%", ha="center", va="center", color=colour,
-                    fontsize="small")
+            ax.text(
+                j, i, f"{count}\n{100 * fraction[i, j]:.0f}%", ha="center", va="center", color=colour, fontsize="small"
+            )
     tilt = k > 3
     ax.set_xticks(range(k), labels=class_names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticks(range(k), labels=class_names)
@@ -183,17 +199,15 @@ def plot_precision_recall(
     fig = _new_figure((5.0, 5.0))
     ax = fig.add_subplot()
     for name, precision, recall, ap, prevalence in computed:
-        (line,) = ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", linewidth=1.8,
-                          label=f"{name} (AP = {ap:.3f})")
+        (line,) = ax.step(
+            np.r_[0.0, recall],
+            np.r_[precision[0], precision],
+            where="pre",
+            linewidth=1.8,
+            label=f"{name} (AP = {ap:.3f})",
+        )
         ax.axhline(prevalence, linestyle=":", linewidth=1, color=line.get_color())
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("Recall (sensitivity)")
-    ax.set_ylabel("Precision (PPV)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize="small")
+    _finish_unit_square(ax, "Recall (sensitivity)", "Precision (PPV)", title, "lower left")
     return _save(fig, path)
 
 
