@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_rows
 
 from osteoscope.data.readers import read_image
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms.avnfh_ct import COLUMNS, TASK, _plan, generate
-
-
-def _rows(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _box(row: dict[str, str]) -> tuple[int, ...]:
@@ -31,7 +26,7 @@ def _crop(array: np.ndarray, box: tuple[int, ...]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
     root = tmp_path_factory.mktemp("ct") / "a"
-    return root, _rows(generate(root, 16, seed=2, subtlety=1.0))
+    return root, read_rows(generate(root, 16, seed=2, subtlety=1.0))
 
 
 def test_manifest_columns_and_labels(dataset: tuple[Path, list[dict[str, str]]]) -> None:
@@ -110,7 +105,7 @@ def test_determinism_and_errors(tmp_path: Path) -> None:
     m1 = generate(tmp_path / "a", 3, seed=4, progress=lambda i, n: calls.append((i, n)))
     m2 = generate(tmp_path / "b", 3, seed=4)
     assert calls == [(1, 3), (2, 3), (3, 3)]
-    r1, r2 = _rows(m1), _rows(m2)
+    r1, r2 = read_rows(m1), read_rows(m2)
     assert r1 == r2
     a = read_image(tmp_path / "a" / r1[0]["image"]).array
     b = read_image(tmp_path / "b" / r2[0]["image"]).array
@@ -122,7 +117,7 @@ def test_determinism_and_errors(tmp_path: Path) -> None:
 
 
 def test_full_region_is_larger_and_box_holds_the_head(tmp_path: Path) -> None:
-    rows = _rows(generate(tmp_path / "f", 2, seed=1, full_region=True))
+    rows = read_rows(generate(tmp_path / "f", 2, seed=1, full_region=True))
     for r in rows:
         img = read_image(tmp_path / "f" / r["image"])
         a = img.array

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_rows
 from PIL import Image
 
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms import calcaneus_multilabel as cm
 
 SIZE = (128, 160)
-
-
-def _rows(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _mask(root: Path, rel: str) -> np.ndarray:
@@ -28,7 +24,7 @@ def _mask(root: Path, rel: str) -> np.ndarray:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
     root = tmp_path_factory.mktemp("calc") / "a"
     manifest = cm.generate(root, 80, seed=5, image_size=SIZE)
-    return root, _rows(manifest)
+    return root, read_rows(manifest)
 
 
 def test_manifest_columns_files_and_progress(tmp_path: Path, dataset: tuple[Path, list[dict[str, str]]]) -> None:
@@ -54,11 +50,11 @@ def test_deterministic(tmp_path: Path) -> None:
     b = cm.generate(tmp_path / "b", 4, seed=2, image_size=SIZE)
     c = cm.generate(tmp_path / "c", 4, seed=3, image_size=SIZE)
     assert a.read_text() == b.read_text()
-    ra = _rows(a)
+    ra = read_rows(a)
     for r in ra:
         for key in ("image", "mask", "mask_rough"):
             assert (a.parent / r[key]).read_bytes() == (b.parent / r[key]).read_bytes()
-    rc = _rows(c)
+    rc = read_rows(c)
     assert (a.parent / ra[0]["image"]).read_bytes() != (c.parent / rc[0]["image"]).read_bytes()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import box_of, read_rows
 from PIL import Image
 from scipy.ndimage import grey_closing
 
@@ -18,16 +19,6 @@ SIZE = (192, 128)
 VIEWS = ("ap", "lat")
 
 
-def _rows(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _box(text: str) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = (int(v) for v in text.split())
-    return x0, y0, x1, y1
-
-
 def _load(root: Path, rel: str) -> np.ndarray:
     return np.array(Image.open(root / rel))
 
@@ -36,7 +27,7 @@ def _load(root: Path, rel: str) -> np.ndarray:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
     root = tmp_path_factory.mktemp("femur") / "a"
     manifest = generate(root, 50, seed=3, image_size=SIZE)
-    return root, _rows(manifest)
+    return root, read_rows(manifest)
 
 
 def test_manifest_columns_and_types(dataset: tuple[Path, list[dict[str, str]]]) -> None:
@@ -79,7 +70,7 @@ def test_masks_nonempty_inside_boxes_and_boxes_inside_images(dataset: tuple[Path
     root, rows = dataset
     for r in rows:
         for view in VIEWS:
-            x0, y0, x1, y1 = _box(r[f"box_{view}"])
+            x0, y0, x1, y1 = box_of(r[f"box_{view}"])
             assert 0 <= x0 < x1 <= SIZE[1] and 0 <= y0 < y1 <= SIZE[0]
             mask = _load(root, r[f"mask_{view}"])
             assert mask.shape == SIZE
@@ -106,19 +97,19 @@ def test_patients_have_several_studies_with_one_fracture(dataset: tuple[Path, li
 
 def test_deterministic_from_seed(dataset: tuple[Path, list[dict[str, str]]], tmp_path: Path) -> None:
     root, rows = dataset
-    again = _rows(generate(tmp_path / "b", 50, seed=3, image_size=SIZE))
+    again = read_rows(generate(tmp_path / "b", 50, seed=3, image_size=SIZE))
     assert again == rows
     for r in rows[:4]:
         for key in ("image_ap", "image_lat", "mask_ap"):
             assert np.array_equal(_load(root, r[key]), _load(tmp_path / "b", r[key]))
-    other = _rows(generate(tmp_path / "c", 4, seed=4, image_size=SIZE))
+    other = read_rows(generate(tmp_path / "c", 4, seed=4, image_size=SIZE))
     assert not np.array_equal(_load(root, rows[0]["image_ap"]), _load(tmp_path / "c", other[0]["image_ap"]))
 
 
 def _line_angle(root: Path, row: dict[str, str]) -> float:
     """Angle from horizontal (degrees) of the dark thin structures in the AP fracture box, from pixels only."""
     image = _load(root, row["image_ap"]).astype(np.float64)
-    x0, y0, x1, y1 = _box(row["box_ap"])
+    x0, y0, x1, y1 = box_of(row["box_ap"])
     crop = image[max(y0 - 4, 0) : y1 + 4, max(x0 - 4, 0) : x1 + 4]
     tophat = grey_closing(crop, size=5) - crop
     ys, xs = np.nonzero(tophat > np.percentile(tophat, 90))
@@ -128,7 +119,7 @@ def _line_angle(root: Path, row: dict[str, str]) -> float:
 
 
 def test_aff_lines_are_more_transverse_even_when_subtle(tmp_path: Path) -> None:
-    rows = _rows(generate(tmp_path / "s", 40, seed=2, subtlety=1.0, image_size=(384, 256)))
+    rows = read_rows(generate(tmp_path / "s", 40, seed=2, subtlety=1.0, image_size=(384, 256)))
     aff = [_line_angle(tmp_path / "s", r) for r in rows if r["label"] == "1"]
     nff = [_line_angle(tmp_path / "s", r) for r in rows if r["label"] == "0"]
     assert aff and nff
@@ -155,7 +146,7 @@ def test_aff_fraction_progress_and_errors(tmp_path: Path) -> None:
     manifest = generate(
         tmp_path / "p", 5, seed=1, image_size=SIZE, aff_fraction=0.0, progress=lambda i, n: calls.append((i, n))
     )
-    rows = _rows(manifest)
+    rows = read_rows(manifest)
     assert calls == [(i, 5) for i in range(1, 6)]
     assert all(r["label"] == "0" for r in rows)
     for bad in ({"n": 0}, {"subtlety": 1.5}, {"aff_fraction": -0.1}, {"image_size": (32, 32)}):
@@ -166,7 +157,7 @@ def test_aff_fraction_progress_and_errors(tmp_path: Path) -> None:
 
 
 def test_smallest_images_still_have_masks(tmp_path: Path) -> None:
-    rows = _rows(generate(tmp_path / "t", 12, seed=1, image_size=(64, 64)))
+    rows = read_rows(generate(tmp_path / "t", 12, seed=1, image_size=(64, 64)))
     for r in rows:
         for view in VIEWS:
             assert (_load(tmp_path / "t", r[f"mask_{view}"]) > 0).any()

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_rows
 from PIL import Image
 
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms import onfh_mr_staging as mr
 
 SIZE = 64
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open() as fh:
-        return list(csv.DictReader(fh))
 
 
 def _study(stage: int, i: int, subtlety: float = 0.5) -> dict[str, np.ndarray]:
@@ -36,10 +31,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_manifests_columns_and_files(dataset: Path) -> None:
-    rows = _rows(dataset)
+    rows = read_rows(dataset)
     assert len(rows) == 40
     assert tuple(rows[0]) == mr.COLUMNS
-    pre = _rows(dataset.parent / "pretext" / "manifest.csv")
+    pre = read_rows(dataset.parent / "pretext" / "manifest.csv")
     assert len(pre) == 120
     assert tuple(pre[0]) == mr.PRETEXT_COLUMNS
     assert {r["label"] for r in rows} == {"0", "1", "2", "3"}
@@ -57,15 +52,15 @@ def test_manifests_columns_and_files(dataset: Path) -> None:
 
 
 def test_missing_protocols(dataset: Path) -> None:
-    rows = _rows(dataset)
+    rows = read_rows(dataset)
     missing = [sum(not r[c] for c in mr.IMAGE_COLUMNS) for r in rows]
     assert max(missing) == 1
     assert sum(missing) == 10  # round(0.25 * 40)
 
 
 def test_pretext_patients_disjoint(dataset: Path) -> None:
-    labelled = {r["patient_id"] for r in _rows(dataset)}
-    pretext = {r["patient_id"] for r in _rows(dataset.parent / "pretext" / "manifest.csv")}
+    labelled = {r["patient_id"] for r in read_rows(dataset)}
+    pretext = {r["patient_id"] for r in read_rows(dataset.parent / "pretext" / "manifest.csv")}
     assert labelled and pretext and not labelled & pretext
 
 
@@ -74,7 +69,7 @@ def test_deterministic(tmp_path: Path) -> None:
     b = mr.generate(tmp_path / "b", 3, seed=9, image_size=SIZE, unlabelled_pairs=2)
     c = mr.generate(tmp_path / "c", 3, seed=10, image_size=SIZE, unlabelled_pairs=2)
     assert a.read_text() == b.read_text()
-    for name in ("images/" + _rows(a)[0]["case_id"] + "_t2.png", "pretext/images/u0001_ct.png"):
+    for name in ("images/" + read_rows(a)[0]["case_id"] + "_t2.png", "pretext/images/u0001_ct.png"):
         assert (a.parent / name).read_bytes() == (b.parent / name).read_bytes()
     ct = "pretext/images/u0001_ct.png"
     assert (a.parent / ct).read_bytes() != (c.parent / ct).read_bytes()
@@ -82,7 +77,7 @@ def test_deterministic(tmp_path: Path) -> None:
 
 def test_written_images_match_the_rendering(tmp_path: Path) -> None:
     manifest = mr.generate(tmp_path, 1, seed=4, image_size=SIZE, unlabelled_pairs=0, missing_fraction=0.0)
-    row = _rows(manifest)[0]
+    row = read_rows(manifest)[0]
     study = mr._synth_study(np.random.default_rng([4, 1, 0]), int(row["stage"]), 0.5, SIZE, row["side"])
     t1 = np.asarray(Image.open(tmp_path / row["image_t1"])).astype(np.float64)
     np.testing.assert_allclose(t1, np.round(study["t1"] * 3000.0), atol=1)

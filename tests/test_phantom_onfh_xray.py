@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import box_of, read_rows
 from PIL import Image
 
 from osteoscope.errors import ConfigError
@@ -14,16 +15,6 @@ from osteoscope.phantoms import PHANTOMS, generate_phantom
 from osteoscope.phantoms.onfh_xray import COLUMNS
 
 SIZE = (192, 256)
-
-
-def _rows(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _box(text: str) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = (int(v) for v in text.split())
-    return x0, y0, x1, y1
 
 
 def _image(root: Path, row: dict[str, str]) -> np.ndarray:
@@ -34,7 +25,7 @@ def _image(root: Path, row: dict[str, str]) -> np.ndarray:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
     root = tmp_path_factory.mktemp("onfh") / "a"
     manifest = generate_phantom("onfh-xray", root, 16, seed=3, image_size=SIZE)
-    return root, _rows(manifest)
+    return root, read_rows(manifest)
 
 
 def test_manifest_columns_and_types(dataset: tuple[Path, list[dict[str, str]]]) -> None:
@@ -50,7 +41,7 @@ def test_manifest_columns_and_types(dataset: tuple[Path, list[dict[str, str]]]) 
         assert float(r["subtlety"]) == 0.5
         assert (root / r["image"]).is_file()
         for key in ("box_left", "box_right"):
-            assert len(_box(r[key])) == 4
+            assert len(box_of(r[key])) == 4
 
 
 def test_label_stage_side_and_masks_agree(dataset: tuple[Path, list[dict[str, str]]]) -> None:
@@ -75,7 +66,7 @@ def test_masks_nonempty_and_inside_head_boxes(dataset: tuple[Path, list[dict[str
             mask = np.array(Image.open(root / r[f"mask_{side}"])) > 0
             assert mask.shape == SIZE
             assert mask.sum() > 10
-            x0, y0, x1, y1 = _box(r[f"box_{side}"])
+            x0, y0, x1, y1 = box_of(r[f"box_{side}"])
             outside = mask.copy()
             outside[y0:y1, x0:x1] = False
             assert not outside.any(), (r["case_id"], side)
@@ -87,7 +78,7 @@ def test_boxes_inside_image_and_on_the_right_sides(dataset: tuple[Path, list[dic
     _, rows = dataset
     rows_n, cols_n = SIZE
     for r in rows:
-        left, right = _box(r["box_left"]), _box(r["box_right"])
+        left, right = box_of(r["box_left"]), box_of(r["box_right"])
         for x0, y0, x1, y1 in (left, right):
             assert 0 <= x0 < x1 <= cols_n and 0 <= y0 < y1 <= rows_n
             assert 15 <= x1 - x0 <= 60  # a femoral head (~48 mm) plus margin at ~1.5 mm/pixel
@@ -125,7 +116,7 @@ def test_deterministic_from_seed(dataset: tuple[Path, list[dict[str, str]]], tmp
     for r in rows[:4]:
         np.testing.assert_array_equal(_image(root, r), _image(tmp_path / "b", r))
     other = generate_phantom("onfh-xray", tmp_path / "c", 16, seed=4, image_size=SIZE)
-    first = _rows(other)[0]
+    first = read_rows(other)[0]
     assert not np.array_equal(_image(root, rows[0]), _image(tmp_path / "c", first))
 
 
@@ -139,8 +130,8 @@ def test_follow_up_keeps_anatomy_but_changes_pose(dataset: tuple[Path, list[dict
     assert not np.array_equal(a, b)
     # Same anatomy: head boxes have nearly the same size in both studies.
     for side in ("left", "right"):
-        wa = _box(studies[0][f"box_{side}"])[2] - _box(studies[0][f"box_{side}"])[0]
-        wb = _box(studies[1][f"box_{side}"])[2] - _box(studies[1][f"box_{side}"])[0]
+        wa = box_of(studies[0][f"box_{side}"])[2] - box_of(studies[0][f"box_{side}"])[0]
+        wb = box_of(studies[1][f"box_{side}"])[2] - box_of(studies[1][f"box_{side}"])[0]
         assert abs(wa - wb) <= 0.15 * wa
 
 
@@ -149,7 +140,7 @@ def _head_asymmetry(root: Path, row: dict[str, str]) -> float:
     img = _image(root, row).astype(np.float32)
     rois = []
     for side in ("left", "right"):
-        x0, y0, x1, y1 = _box(row[f"box_{side}"])
+        x0, y0, x1, y1 = box_of(row[f"box_{side}"])
         roi = np.array(Image.fromarray(img[y0:y1, x0:x1]).resize((12, 12), Image.Resampling.BOX))[2:-2, 2:-2]
         rois.append((roi - roi.mean()) / roi.std())
     return float(np.abs(rois[0] - rois[1][:, ::-1]).mean())
@@ -157,7 +148,7 @@ def _head_asymmetry(root: Path, row: dict[str, str]) -> float:
 
 def test_positives_are_more_asymmetric_even_when_subtle(tmp_path: Path) -> None:
     manifest = generate_phantom("onfh-xray", tmp_path, 60, seed=5, subtlety=1.0, image_size=SIZE)
-    rows = _rows(manifest)
+    rows = read_rows(manifest)
     scores = {"0": [], "1": []}
     for r in rows:
         scores[r["label"]].append(_head_asymmetry(tmp_path, r))
@@ -166,8 +157,8 @@ def test_positives_are_more_asymmetric_even_when_subtle(tmp_path: Path) -> None:
 
 
 def test_lesion_contrast_follows_subtlety(tmp_path: Path) -> None:
-    easy = _rows(generate_phantom("onfh-xray", tmp_path / "e", 6, seed=9, subtlety=0.0, image_size=SIZE))
-    hard = _rows(generate_phantom("onfh-xray", tmp_path / "h", 6, seed=9, subtlety=1.0, image_size=SIZE))
+    easy = read_rows(generate_phantom("onfh-xray", tmp_path / "e", 6, seed=9, subtlety=0.0, image_size=SIZE))
+    hard = read_rows(generate_phantom("onfh-xray", tmp_path / "h", 6, seed=9, subtlety=1.0, image_size=SIZE))
     diffs = {"0": [], "1": []}
     for r_easy, r_hard in zip(easy, hard, strict=True):
         delta = np.abs(_image(tmp_path / "e", r_easy).astype(np.int64) - _image(tmp_path / "h", r_hard))
@@ -178,7 +169,7 @@ def test_lesion_contrast_follows_subtlety(tmp_path: Path) -> None:
 
 
 def test_stage_mix_and_positive_fraction(tmp_path: Path) -> None:
-    rows = _rows(
+    rows = read_rows(
         generate_phantom(
             "onfh-xray",
             tmp_path / "s",
@@ -190,9 +181,7 @@ def test_stage_mix_and_positive_fraction(tmp_path: Path) -> None:
         )
     )
     assert all(r["label"] == "1" and r["stage"] == "4" for r in rows)
-    rows = _rows(
-        generate_phantom("onfh-xray", tmp_path / "n", 5, seed=2, image_size=SIZE, positive_fraction=0.0)
-    )
+    rows = read_rows(generate_phantom("onfh-xray", tmp_path / "n", 5, seed=2, image_size=SIZE, positive_fraction=0.0))
     assert all(r["label"] == "0" and not r["mask_left"] and not r["mask_right"] for r in rows)
 
 
@@ -209,7 +198,7 @@ def test_dicom_output(tmp_path: Path) -> None:
         progress=lambda i, n: calls.append((i, n)),
     )
     assert calls == [(1, 3), (2, 3), (3, 3)]
-    for r in _rows(manifest):
+    for r in read_rows(manifest):
         assert r["image"].endswith(".dcm")
         ds = pydicom.dcmread(tmp_path / r["image"])
         assert ds.PatientID == r["patient_id"]
