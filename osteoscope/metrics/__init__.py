@@ -14,10 +14,18 @@ from osteoscope.metrics.binary import (
 from osteoscope.metrics.calibration import expected_calibration_error, reliability_curve
 from osteoscope.metrics.kfold import aggregate_folds, pooled_binary_metrics
 from osteoscope.metrics.multiclass import check_multiclass_inputs, multiclass_metrics
-from osteoscope.metrics.multilabel import average_precision, multilabel_metrics, precision_recall_points
+from osteoscope.metrics.multilabel import (
+    average_precision,
+    check_multilabel_inputs,
+    multilabel_metrics,
+    precision_recall_points,
+)
 from osteoscope.metrics.statistics import (
     bootstrap_ci,
     bootstrap_metrics,
+    bootstrap_multiclass,
+    bootstrap_multilabel,
+    bootstrap_structured,
     delong_ci,
     delong_test,
     mcnemar_test,
@@ -29,8 +37,12 @@ __all__ = [
     "binary_metrics",
     "bootstrap_ci",
     "bootstrap_metrics",
+    "bootstrap_multiclass",
+    "bootstrap_multilabel",
+    "bootstrap_structured",
     "check_binary_inputs",
     "check_multiclass_inputs",
+    "check_multilabel_inputs",
     "delong_ci",
     "delong_test",
     "expected_calibration_error",

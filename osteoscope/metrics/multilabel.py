@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike
 
 from osteoscope.metrics.binary import check_binary_inputs, check_labels, rates_from_counts
 
-__all__ = ["average_precision", "multilabel_metrics", "precision_recall_points"]
+__all__ = ["average_precision", "check_multilabel_inputs", "multilabel_metrics", "precision_recall_points"]
 
 
 def _pr_checked(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,7 +74,7 @@ def _mean_defined(values: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else float("nan")
 
 
-def _check_multilabel_inputs(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def check_multilabel_inputs(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Validate an ``(N, L)`` 0/1 label matrix and a same-shaped finite score matrix."""
     y = np.asarray(y_true)
     if y.ndim != 2 or y.shape[0] == 0 or y.shape[1] == 0:
@@ -110,7 +110,7 @@ def multilabel_metrics(
     Raises:
         ValueError: on malformed inputs, a NaN threshold or a wrong number of class names.
     """
-    y, s = _check_multilabel_inputs(y_true, y_score)
+    y, s = check_multilabel_inputs(y_true, y_score)
     threshold = float(threshold)
     if np.isnan(threshold):
         raise ValueError("threshold must not be NaN")

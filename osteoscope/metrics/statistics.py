@@ -1,4 +1,4 @@
-"""Uncertainty for binary classification metrics: bootstrap CIs, DeLong's AUC tests and McNemar's test.
+"""Uncertainty of metrics: bootstrap CIs (binary, multi-class, multi-label), DeLong's AUC tests, McNemar's test.
 
 Every bootstrap resample is represented as a vector of case multiplicities (how often each case was drawn),
 so case, stratified and cluster (group) resampling share one code path and the built-in metrics are computed
@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import binom, chi2, norm, rankdata
 
 from osteoscope.metrics.binary import check_binary_inputs, check_labels, rates_from_counts, roc_auc
+from osteoscope.metrics.multiclass import check_multiclass_inputs, multiclass_metrics
+from osteoscope.metrics.multilabel import check_multilabel_inputs, multilabel_metrics
 
-__all__ = ["bootstrap_ci", "bootstrap_metrics", "delong_ci", "delong_test", "mcnemar_test"]
+__all__ = [
+    "bootstrap_ci",
+    "bootstrap_metrics",
+    "bootstrap_multiclass",
+    "bootstrap_multilabel",
+    "bootstrap_structured",
+    "delong_ci",
+    "delong_test",
+    "mcnemar_test",
+]
 
 # Cap on the number of matrix cells (replicates x cases) held in memory at once.
 _BLOCK_CELLS = 2_000_000
@@ -32,49 +44,51 @@ def _check_bootstrap_args(n_boot: int, confidence: float) -> None:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
 
 
-def _units(y: np.ndarray, groups: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
+def _units(strata: np.ndarray, groups: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
     """Map cases to resampling units (cases themselves, or groups such as patients).
 
+    Args:
+        strata: Integer stratum per case (the 0/1 label for binary metrics, the class for multi-class).
+
     Returns:
-        ``(unit_of_case, unit_label)``: the unit index of every case and each unit's label, which is the
-        maximum label of its cases (a patient with any positive image counts as positive).
+        ``(unit_of_case, unit_stratum)``: the unit index of every case and each unit's stratum, which is the
+        maximum stratum of its cases (a patient with any positive image counts as positive).
     """
     if groups is None:
-        return np.arange(y.shape[0]), y.copy()
+        return np.arange(strata.shape[0]), strata.copy()
     g = np.asarray(groups)
-    if g.ndim != 1 or g.shape[0] != y.shape[0]:
+    if g.ndim != 1 or g.shape[0] != strata.shape[0]:
         raise ValueError(
-            f"groups must be one-dimensional with one entry per case ({y.shape[0]}), got shape {g.shape}"
+            f"groups must be one-dimensional with one entry per case ({strata.shape[0]}), got shape {g.shape}"
         )
     _, unit_of_case = np.unique(g, return_inverse=True)
-    unit_label = np.zeros(int(unit_of_case.max()) + 1, dtype=np.int64)
-    np.maximum.at(unit_label, unit_of_case, y)
-    return unit_of_case, unit_label
+    unit_stratum = np.full(int(unit_of_case.max()) + 1, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(unit_stratum, unit_of_case, strata)
+    return unit_of_case, unit_stratum
 
 
 def _weight_blocks(
-    y: np.ndarray, groups: ArrayLike | None, n_boot: int, stratify: bool, seed: int
+    strata: np.ndarray, groups: ArrayLike | None, n_boot: int, stratify: bool, seed: int
 ) -> Iterator[np.ndarray]:
     """Yield blocks of bootstrap case multiplicities, shape ``(block, n_cases)``, ``n_boot`` rows in total.
 
-    With ``stratify`` the positive and negative units are resampled separately, so every replicate keeps the
-    original number of positive and negative units.
+    With ``stratify`` the units of each stratum are resampled separately, so every replicate keeps the
+    original number of units per stratum (e.g. positive and negative patients).
     """
-    unit_of_case, unit_label = _units(y, groups)
-    n_units = unit_label.shape[0]
+    unit_of_case, unit_stratum = _units(strata.astype(np.int64), groups)
+    n_units = unit_stratum.shape[0]
     if stratify:
-        strata = [np.flatnonzero(unit_label == k) for k in (0, 1)]
-        strata = [s for s in strata if s.size]
+        members_of = [np.flatnonzero(unit_stratum == k) for k in np.unique(unit_stratum)]
     else:
-        strata = [np.arange(n_units)]
+        members_of = [np.arange(n_units)]
     rng = np.random.default_rng(seed)
-    block = max(1, _BLOCK_CELLS // max(y.shape[0], n_units))
+    block = max(1, _BLOCK_CELLS // max(strata.shape[0], n_units))
     done = 0
     while done < n_boot:
         b = min(block, n_boot - done)
         offsets = (np.arange(b) * n_units)[:, None]
         counts = np.zeros(b * n_units, dtype=np.float64)
-        for members in strata:
+        for members in members_of:
             draws = members[rng.integers(0, members.size, size=(b, members.size))]
             counts += np.bincount((draws + offsets).ravel(), minlength=b * n_units)
         yield counts.reshape(b, n_units)[:, unit_of_case]
@@ -214,6 +228,144 @@ def bootstrap_metrics(
             collected[name].append(values)
     estimates = {"auc": roc_auc(y, s), **{name: float(full[name][0]) for name in _THRESHOLD_METRICS}}
     return {name: _summarise(estimates[name], np.concatenate(collected[name]), confidence) for name in names}
+
+
+def _float_leaves(result: Any) -> list[float]:
+    """The float values of a nested metric result (dicts and lists), in a fixed traversal order."""
+    if isinstance(result, dict):
+        return [v for item in result.values() for v in _float_leaves(item)]
+    if isinstance(result, list | tuple):
+        return [v for item in result for v in _float_leaves(item)]
+    if isinstance(result, float | np.floating):
+        return [float(result)]
+    return []
+
+
+def _replace_floats(result: Any, summaries: Iterator[dict]) -> Any:
+    """``result`` with each float leaf replaced by the next interval from ``summaries`` (same order)."""
+    if isinstance(result, dict):
+        return {key: _replace_floats(item, summaries) for key, item in result.items()}
+    if isinstance(result, list | tuple):
+        return [_replace_floats(item, summaries) for item in result]
+    if isinstance(result, float | np.floating):
+        return next(summaries)
+    return result
+
+
+def bootstrap_structured(
+    metric: Callable[[np.ndarray, np.ndarray], Any],
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    *,
+    strata: ArrayLike | None = None,
+    groups: ArrayLike | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Any:
+    """Bootstrap intervals for every float in a metric function's nested result, from one set of resamples.
+
+    Cases are rows of ``y_true`` and ``y_score`` (any shape beyond the first axis), so this serves
+    multi-class (labels ``(N,)``, probabilities ``(N, K)``) and multi-label (``(N, L)`` and ``(N, L)``)
+    metrics alike. Every replicate evaluates ``metric`` once; all its float outputs come from the same
+    resample and so stay mutually consistent.
+
+    Args:
+        metric: Function of (labels, scores) returning floats, possibly inside dicts and lists (such as
+            ``multiclass_metrics``). Integers and strings (counts, names, confusion matrices) are passed
+            through as computed on the full data; NaN marks an undefined replicate value.
+        y_true, y_score: Arrays with one row per case.
+        strata: Optional integer stratum per case; units of each stratum are resampled separately, keeping
+            their counts. ``None`` resamples all units together.
+        groups: Optional cluster id per case (e.g. patient id); whole groups are resampled and a group's
+            stratum is the maximum of its cases' strata.
+        n_boot, confidence, seed: As in ``bootstrap_ci``.
+
+    Returns:
+        ``metric(y_true, y_score)`` with every float replaced by the dictionary of ``bootstrap_ci``
+        (``estimate``, ``low``, ``high``, ``se``, ``n_boot``, ``n_valid``).
+    """
+    _check_bootstrap_args(n_boot, confidence)
+    y, s = np.asarray(y_true), np.asarray(y_score)
+    if y.ndim == 0 or s.ndim == 0 or y.shape[0] != s.shape[0] or y.shape[0] == 0:
+        raise ValueError(f"y_true and y_score need the same, non-zero number of rows, got {y.shape} and {s.shape}")
+    if strata is None:
+        case_strata = np.zeros(y.shape[0], dtype=np.int64)
+    else:
+        case_strata = np.asarray(strata)
+        if case_strata.shape != (y.shape[0],) or case_strata.dtype.kind not in "iub":
+            raise ValueError(f"strata must be one integer per case ({y.shape[0]}), got {case_strata.shape}")
+    full = metric(y, s)
+    estimates = _float_leaves(full)
+    replicates: list[list[float]] = []
+    cases = np.arange(y.shape[0])
+    for w in _weight_blocks(case_strata, groups, n_boot, strata is not None, seed):
+        for row in w.astype(np.int64):
+            idx = np.repeat(cases, row)
+            replicates.append(_float_leaves(metric(y[idx], s[idx])))
+    columns = np.asarray(replicates, dtype=np.float64).reshape(len(replicates), len(estimates))
+    summaries = (_summarise(est, columns[:, j], confidence) for j, est in enumerate(estimates))
+    return _replace_floats(full, summaries)
+
+
+def bootstrap_multiclass(
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
+    *,
+    class_names: list[str] | None = None,
+    groups: ArrayLike | None = None,
+    stratify: bool = True,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``multiclass_metrics`` with a bootstrap interval on accuracy, macro AUC and every per-class figure.
+
+    With ``stratify`` each true class is resampled separately (by a patient's highest class when
+    ``groups`` is given), so every replicate keeps all classes and each one-vs-rest AUC stays defined.
+    """
+    y, p = check_multiclass_inputs(y_true, y_prob)
+    return bootstrap_structured(
+        lambda t, q: multiclass_metrics(t, q, class_names),
+        y,
+        p,
+        strata=y if stratify else None,
+        groups=groups,
+        n_boot=n_boot,
+        confidence=confidence,
+        seed=seed,
+    )
+
+
+def bootstrap_multilabel(
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    *,
+    threshold: float = 0.5,
+    class_names: list[str] | None = None,
+    groups: ArrayLike | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``multilabel_metrics`` with a bootstrap interval on every per-label and averaged figure.
+
+    Resampling is not stratified: with L labels there are up to 2^L label sets, most too rare to form
+    strata. A replicate that lacks the positives of a label leaves that label's AP undefined (NaN), which
+    ``n_valid`` counts; the macro means skip undefined labels as ``multilabel_metrics`` does.
+    """
+    y, s = check_multilabel_inputs(y_true, y_score)
+    result = bootstrap_structured(
+        lambda t, q: multilabel_metrics(t, q, threshold, class_names),
+        y,
+        s,
+        groups=groups,
+        n_boot=n_boot,
+        confidence=confidence,
+        seed=seed,
+    )
+    result["threshold"] = float(threshold)
+    return result
 
 
 def _placements(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
