@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from osteoscope.report.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc
+from osteoscope.report import plots
+from osteoscope.report.plots import (
+    plot_confusion_matrix,
+    plot_precision_recall,
+    plot_reliability,
+    plot_roc,
+    plot_roc_multiclass,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -31,6 +38,29 @@ def test_plot_roc_writes_png(tmp_path: Path) -> None:
     out = plot_roc(curves, tmp_path / "nested" / "roc.png", operating_points={"reader 1": (0.2, 0.7)})
     assert out == tmp_path / "nested" / "roc.png"
     _assert_png(out)
+
+
+def test_plot_roc_multiclass_draws_one_vs_rest_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)  # class 3 ("IV") never occurs
+    logits = rng.normal(size=(90, 4))
+    logits[np.arange(90), y] += 2.0
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    names = ["I", "II", "III", "IV"]
+    _assert_png(plot_roc_multiclass(y, prob, names, tmp_path / "roc_mc.png"))
+
+    captured: dict = {}
+    monkeypatch.setattr(plots, "plot_roc", lambda curves, path, title: captured.update(curves=curves, title=title))
+    plot_roc_multiclass(y, prob, names, tmp_path / "unused.png")
+    assert list(captured["curves"]) == ["I vs rest", "II vs rest", "III vs rest"]
+    labels, scores = captured["curves"]["II vs rest"]
+    np.testing.assert_array_equal(labels, (y == 1).astype(int))
+    np.testing.assert_array_equal(scores, prob[:, 1])
+    assert "no cases of IV" in captured["title"]
+    with pytest.raises(ValueError, match="class names"):
+        plot_roc_multiclass(y, prob, names[:3], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="two classes"):
+        plot_roc_multiclass(np.zeros(90, dtype=int), prob, names, tmp_path / "bad.png")
 
 
 def test_plot_roc_rejects_bad_input(tmp_path: Path) -> None:

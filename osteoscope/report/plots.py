@@ -15,13 +15,20 @@ from numpy.typing import ArrayLike
 
 from osteoscope.metrics.binary import roc_auc, roc_points
 from osteoscope.metrics.calibration import expected_calibration_error, reliability_curve
+from osteoscope.metrics.multiclass import check_multiclass_inputs, multiclass_metrics
 from osteoscope.metrics.multilabel import average_precision, precision_recall_points
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion_matrix", "plot_precision_recall", "plot_reliability", "plot_roc"]
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_precision_recall",
+    "plot_reliability",
+    "plot_roc",
+    "plot_roc_multiclass",
+]
 
 
 def _new_figure(size: tuple[float, float]) -> Figure:
@@ -111,6 +118,39 @@ def plot_roc(
         ax, "1 - specificity (false positive rate)", "Sensitivity (true positive rate)", title, "lower right"
     )
     return _save(fig, path)
+
+
+def plot_roc_multiclass(
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
+    class_names: list[str],
+    path: str | Path,
+    *,
+    title: str = "ROC, one class vs rest",
+) -> Path:
+    """Plot the one-vs-rest ROC curve of every class of a K-class classifier, macro AUC in the title.
+
+    Classes absent from ``y_true`` have no curve; the title names them so the omission is visible.
+
+    Raises:
+        ValueError: on malformed input (see ``check_multiclass_inputs``), a wrong number of class names,
+            or fewer than one class with both positive and negative cases.
+    """
+    y, p = check_multiclass_inputs(y_true, y_prob)
+    if len(class_names) != p.shape[1]:
+        raise ValueError(f"{len(class_names)} class names given for {p.shape[1]} classes")
+    present = set(np.unique(y).tolist())
+    curves = {
+        f"{name} vs rest": ((y == c).astype(np.int64), p[:, c])
+        for c, name in enumerate(class_names)
+        if c in present and len(present) > 1
+    }
+    if not curves:
+        raise ValueError("a one-vs-rest ROC needs at least two classes present in y_true")
+    macro = multiclass_metrics(y, p)["macro_auc"]
+    absent = [name for c, name in enumerate(class_names) if c not in present]
+    suffix = f"; no cases of {', '.join(absent)}" if absent else ""
+    return plot_roc(curves, path, title=f"{title}\nmacro AUC = {macro:.3f}{suffix}")
 
 
 def plot_confusion_matrix(
