@@ -40,6 +40,7 @@ from scipy.ndimage import gaussian_filter
 
 from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
 from osteoscope.errors import ConfigError
+from osteoscope.phantoms._dicom import Study, dicom_uid, write_dicom
 from osteoscope.phantoms._draw import (
     Crop,
     FourierField,
@@ -861,47 +862,27 @@ def _write_dicom(
     path: Path, pixels: np.ndarray, spacing: float, patient_id: str, case_id: str, study: int, seed: int
 ) -> None:
     """Write a DX 'for presentation' DICOM file with deterministic UIDs and dates."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    sop_class = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-    entropy = ["osteoscope", TASK, str(seed), case_id]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[*entropy, "sop"])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[*entropy, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[*entropy, "series"])
-    ds.PatientID = patient_id
-    ds.PatientName = f"Phantom^{patient_id}"
-    ds.StudyID = case_id[-16:]
-    ds.StudyDate = f"{2020 + study:04d}0101"
-    ds.Modality = "DX"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.BodyPartExamined = "PELVIS"
-    ds.ViewPosition = "AP"
-    ds.PatientOrientation = ["L", "F"]
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [f"{spacing:.6f}", f"{spacing:.6f}"]
-    ds.ImagerPixelSpacing = [f"{spacing:.6f}", f"{spacing:.6f}"]
-    ds.RescaleIntercept = 0
-    ds.RescaleSlope = 1
-    ds.RescaleType = "US"
     lo, hi = float(pixels.min()), float(pixels.max())
-    ds.WindowCenter = f"{(lo + hi) / 2:.1f}"
-    ds.WindowWidth = f"{max(hi - lo, 1.0):.1f}"
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_dicom(
+        path,
+        pixels,
+        sop_class="1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+        sop_uid=dicom_uid(TASK, seed, case_id, "sop"),
+        series_uid=dicom_uid(TASK, seed, case_id, "series"),
+        study=Study(patient_id, dicom_uid(TASK, seed, case_id, "study"), case_id, f"{2020 + study:04d}0101"),
+        modality="DX",
+        tags={
+            "PresentationIntentType": "FOR PRESENTATION",
+            "ImageType": ["DERIVED", "PRIMARY"],
+            "BodyPartExamined": "PELVIS",
+            "ViewPosition": "AP",
+            "PatientOrientation": ["L", "F"],
+            "PixelSpacing": [f"{spacing:.6f}", f"{spacing:.6f}"],
+            "ImagerPixelSpacing": [f"{spacing:.6f}", f"{spacing:.6f}"],
+            "RescaleIntercept": 0,
+            "RescaleSlope": 1,
+            "RescaleType": "US",
+            "WindowCenter": f"{(lo + hi) / 2:.1f}",
+            "WindowWidth": f"{max(hi - lo, 1.0):.1f}",
+        },
+    )
