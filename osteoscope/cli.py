@@ -25,7 +25,10 @@ def phantom(
     n: Annotated[int, typer.Option(help="Number of studies.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 0,
     subtlety: Annotated[float, typer.Option(help="0 = obvious lesions, 1 = hardest.")] = 0.5,
-    fmt: Annotated[str, typer.Option("--format", help="png (16-bit) or dicom (onfh-xray).")] = "png",
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="dicom (onfh-xray, avnfh-ct); default 16-bit PNG, NIfTI for avnfh-ct."),
+    ] = None,
     preview: Annotated[Path | None, typer.Option(help="Also write a contact sheet PNG of the cases.")] = None,
 ) -> None:
     """Generate a synthetic dataset with ground truth in the manifest format."""
@@ -35,7 +38,7 @@ def phantom(
 
     with Progress(transient=True) as bar:
         job = bar.add_task(f"phantom {task}", total=n)
-        options = {"fmt": fmt} if fmt != "png" else {}
+        options = {"fmt": fmt} if fmt is not None else {}
         path = generate_phantom(
             task,
             out,

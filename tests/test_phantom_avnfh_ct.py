@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pydicom
 import pytest
 from helpers import read_rows
+from torch.utils.data import DataLoader
 
+from osteoscope.data.datasets import CaseDataset, VolumeWithMask
+from osteoscope.data.manifest import load_manifest
 from osteoscope.data.readers import read_image
 from osteoscope.errors import ConfigError
+from osteoscope.phantoms import generate_phantom
 from osteoscope.phantoms.avnfh_ct import COLUMNS, TASK, _plan, generate
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "ct_realism.py"
+BOTH_HIPS_SEED = 25  # with n=2 this seed gives one patient with both hips (checked in the tests)
+Rows = list[dict[str, str]]
+Pair = tuple[Path, Rows, Rows, list[tuple[int, int]]]
 
 
 def _box(row: dict[str, str]) -> tuple[int, ...]:
@@ -27,6 +39,28 @@ def _crop(array: np.ndarray, box: tuple[int, ...]) -> np.ndarray:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
     root = tmp_path_factory.mktemp("ct") / "a"
     return root, read_rows(generate(root, 16, seed=2, subtlety=1.0))
+
+
+def _pair(root: Path, **options: object) -> Pair:
+    """Two runs of one seed (both hips of one patient): NIfTI rows, DICOM rows and the NIfTI run's progress calls.
+
+    The DICOM run goes through ``generate_phantom`` with ``fmt="dicom"``, as the CLI's ``--format dicom`` does.
+    """
+    calls: list[tuple[int, int]] = []
+    manifest = generate(root / "nifti", 2, seed=BOTH_HIPS_SEED, progress=lambda i, n: calls.append((i, n)), **options)
+    nifti = read_rows(manifest)
+    dicom = read_rows(generate_phantom(TASK, root / "dicom", 2, seed=BOTH_HIPS_SEED, fmt="dicom", **options))
+    return root, nifti, dicom, calls
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    return _pair(tmp_path_factory.mktemp("crops"))
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    return _pair(tmp_path_factory.mktemp("full"), full_region=True)
 
 
 def test_manifest_columns_and_labels(dataset: tuple[Path, list[dict[str, str]]]) -> None:
@@ -100,26 +134,11 @@ def test_lesions_change_the_head_at_highest_subtlety(dataset: tuple[Path, list[d
     assert np.mean(sick) > np.mean(healthy) + 2 * np.std(healthy) / np.sqrt(len(healthy))
 
 
-def test_determinism_and_errors(tmp_path: Path) -> None:
-    calls: list[tuple[int, int]] = []
-    m1 = generate(tmp_path / "a", 3, seed=4, progress=lambda i, n: calls.append((i, n)))
-    m2 = generate(tmp_path / "b", 3, seed=4)
-    assert calls == [(1, 3), (2, 3), (3, 3)]
-    r1, r2 = read_rows(m1), read_rows(m2)
-    assert r1 == r2
-    a = read_image(tmp_path / "a" / r1[0]["image"]).array
-    b = read_image(tmp_path / "b" / r2[0]["image"]).array
-    assert np.array_equal(a, b)
-    with pytest.raises(ConfigError):
-        generate(tmp_path / "c", 0)
-    with pytest.raises(ConfigError):
-        generate(tmp_path / "c", 2, subtlety=1.5)
-
-
-def test_full_region_is_larger_and_box_holds_the_head(tmp_path: Path) -> None:
-    rows = read_rows(generate(tmp_path / "f", 2, seed=1, full_region=True))
+def test_full_region_is_larger_and_box_holds_the_head(full: Pair) -> None:
+    root, rows, _, _ = full
+    assert {r["side"] for r in rows} == {"left", "right"} and rows[0]["image"] == rows[1]["image"]
     for r in rows:
-        img = read_image(tmp_path / "f" / r["image"])
+        img = read_image(root / "nifti" / r["image"])
         a = img.array
         extent = np.array(a.shape) * np.array(img.spacing)
         assert np.all(extent[1:] > 200) and a.min() < -900 and a.max() > 700
@@ -129,3 +148,103 @@ def test_full_region_is_larger_and_box_holds_the_head(tmp_path: Path) -> None:
         assert 100 < a[(z0 + z1) // 2, (y0 + y1) // 2, (x0 + x1) // 2] < 700
         # The patient's right hip lies at low x (LPS x points to the patient's left).
         assert ((x0 + x1) / 2 < a.shape[2] / 2) == (r["side"] == "right")
+
+
+def _check_series_matches_nifti(root: Path, nifti: Rows, dicom: Rows) -> None:
+    """Same manifest but the image column; each series reads back as the NIfTI's exact voxels and spacing.
+
+    The two variants come from separate runs, so this also shows that a seed fixes every voxel.
+    """
+    assert [{**r, "image": ""} for r in nifti] == [{**r, "image": ""} for r in dicom]
+    studies = set()
+    for a, b in zip(nifti, dicom, strict=True):
+        series = root / "dicom" / b["image"]
+        assert a["image"].endswith(".nii.gz") and series.is_dir()
+        ref, img = read_image(root / "nifti" / a["image"]), read_image(series)
+        assert img.meta["format"] == "dicom-series" and img.array.dtype == np.float32
+        np.testing.assert_array_equal(img.array, ref.array)
+        np.testing.assert_allclose(img.spacing, ref.spacing, rtol=1e-9)
+        files = sorted(series.iterdir())
+        assert len(files) == img.array.shape[0]  # one file per slice
+        for i in (0, len(files) - 1):
+            ds = pydicom.dcmread(files[i])
+            assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.Modality == "CT"
+            assert ds.PatientID == b["patient_id"] and ds.pixel_array.dtype == np.int16
+            assert ds.RescaleType == "HU" and float(ds.RescaleSlope) == 1 and float(ds.RescaleIntercept) == 0
+            assert [float(v) for v in ds.PixelSpacing] == pytest.approx(ref.spacing[1:], rel=1e-9)
+            assert float(ds.SliceThickness) == pytest.approx(ref.spacing[0], rel=1e-9)
+            studies.add(ds.StudyInstanceUID)
+        for name in ("mask", "mask_lesion"):  # masks stay NIfTI and index the series voxel for voxel
+            mask = read_image(root / "dicom" / b[name]).array
+            assert b[name].endswith(".nii.gz") and mask.shape == img.array.shape
+            np.testing.assert_array_equal(mask, read_image(root / "nifti" / a[name]).array)
+    assert len(studies) == 1  # both hips of the one patient come from one study
+
+
+def test_dicom_series_reads_back_like_nifti(crops: Pair) -> None:
+    root, nifti, dicom, calls = crops
+    assert calls == [(1, 2), (2, 2)]
+    assert [r["patient_id"] for r in dicom] == ["p0001", "p0001"] and dicom[0]["image"] != dicom[1]["image"]
+    _check_series_matches_nifti(root, nifti, dicom)
+    uids = [pydicom.dcmread(next((root / "dicom" / r["image"]).iterdir())).SeriesInstanceUID for r in dicom]
+    assert uids[0] != uids[1]  # one series per crop
+
+
+def test_full_region_dicom_is_one_series_shared_by_both_hips(full: Pair) -> None:
+    root, nifti, dicom, _ = full
+    assert dicom[0]["image"] == dicom[1]["image"] == "images/p0001"
+    _check_series_matches_nifti(root, nifti, dicom)
+
+
+def test_volume_with_mask_loads_the_dicom_variant(crops: Pair) -> None:
+    root = crops[0]
+    batches = []
+    for variant in ("nifti", "dicom"):
+        dataset = CaseDataset(load_manifest(root / variant).cases, VolumeWithMask(size=(24, 24, 24)))
+        batches.append(next(iter(DataLoader(dataset, batch_size=2))))
+    nifti, dicom = batches
+    assert dicom["image"].shape == dicom["mask"].shape == (2, 1, 24, 24, 24)
+    assert dicom["mask"].sum() > 0 and dicom["image"].std() > 0.1
+    for key in ("image", "mask", "label"):
+        assert (nifti[key] == dicom[key]).all()
+
+
+def test_bad_options_are_config_errors(tmp_path: Path) -> None:
+    for fmt in ("png", "dcm"):
+        with pytest.raises(ConfigError, match=f"fmt 'nifti' or 'dicom', got '{fmt}'"):
+            generate_phantom(TASK, tmp_path / fmt, 1, fmt=fmt)
+        assert not (tmp_path / fmt).exists()
+    with pytest.raises(ConfigError):
+        generate(tmp_path / "c", 0)
+    with pytest.raises(ConfigError):
+        generate(tmp_path / "c", 2, subtlety=1.5)
+
+
+def _realism() -> ModuleType:
+    """benchmarks/ct_realism.py as a module, skipping when the real CT beside the checkout is absent."""
+    spec = importlib.util.spec_from_file_location("ct_realism", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not module.REAL_CT.exists():
+        pytest.skip(f"{module.REAL_CT} absent: real test data lives in ../shared/data beside the checkout")
+    return module
+
+
+@pytest.mark.realdata
+def test_tissue_medians_lie_within_the_real_ct_quartiles(dataset: tuple[Path, list[dict[str, str]]]) -> None:
+    """Fat, muscle, cancellous and cortical HU of healthy phantom crops, averaged to the real CT's 3 mm voxels,
+    have medians inside the quartiles the same tissue windows give around a real femoral head."""
+    realism = _realism()
+    hip, spacing = realism.real_hip()
+    real = realism.tissue_stats(hip)
+    root, rows = dataset
+    cases = []
+    for r in rows:
+        if int(r["stage"]) <= 1:  # stage I has no CT change
+            img = read_image(root / r["image"])
+            cases.append(realism.tissue_stats(realism.average_to(img.array, img.spacing, spacing)))
+    assert len(cases) >= 6
+    for tissue, (q1, _, q3) in real.items():
+        median = float(np.median([case[tissue][1] for case in cases]))
+        assert q1 <= median <= q3, f"{tissue}: phantom median {median:.0f} HU, real quartiles [{q1:.0f}, {q3:.0f}]"

@@ -1,11 +1,15 @@
 """Hip CT phantom for avascular necrosis of the femoral head (task ``avnfh-ct``, SRANet seed).
 
-Each case is a CT volume in Hounsfield units (air -1000, fat -100, muscle ~40, trabecular bone
-~200-400, cortical bone ~1300-1700 before partial-volume blur) around one femoral head, stored as
-NIfTI with the voxel spacing in the affine. Anatomy per hip: femoral head, neck, greater and lesser
-trochanter and shaft (cortical shell of varying thickness, textured trabecular interior, fatty marrow
-down the shaft), and the acetabular cup with ilium, ischium and pubic rami. ``full_region=True``
-writes the whole hip region instead (both hips, pelvis, sacrum, bowel gas, body outline).
+Each case is a CT volume in Hounsfield units around one femoral head, stored as NIfTI with the voxel
+spacing in the affine, or with ``fmt="dicom"`` as a CT series folder (one int16 HU file per slice, same
+voxels and geometry). Tissue values vary per patient: air -1000, fat -115..-90, muscle 30..55 with a smooth
+spread of 6-14 HU SD within the scan, trabecular bone ~200-400, cortical bone ~1350-1750 before
+partial-volume blur, noise SD 15-30 HU; ``benchmarks/ct_realism.py`` compares them with real CT.
+
+Anatomy per hip: femoral head, neck, greater and lesser trochanter and shaft (cortical shell of varying
+thickness, textured trabecular interior, fatty marrow down the shaft), and the acetabular cup with ilium,
+ischium and pubic rami. ``full_region=True`` writes the whole hip region instead (both hips, pelvis,
+sacrum, bowel gas, body outline).
 
 Lesions follow the seed's ARCO criteria and sit in the superolateral, weight-bearing segment:
 
@@ -36,9 +40,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter, zoom
 
 from osteoscope.data.manifest import MANIFEST_NAME, write_manifest
+from osteoscope.errors import ConfigError
+from osteoscope.phantoms._dicom import Study, decimal_string, dicom_uid, write_dicom
 from osteoscope.phantoms._draw import check_count_and_subtlety, smoothstep
 
 TASK = "avnfh-ct"
@@ -61,6 +67,7 @@ _CROP_MM = 76.0
 _CROP_MAX = 112
 Vec = tuple[float, ...] | np.ndarray
 _SIDE_SIGN = {"right": -1.0, "left": 1.0}  # LPS x points to the patient's left
+_MUSCLE_SIGMA_MM = 8.0  # smoothness of the variation of muscle density within a scan
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,9 @@ class _Patient:
     hips: dict[str, _Hip]
     planes: np.ndarray
     gas: tuple[tuple[float, float, float, float], ...]
+    fat_hu: float
+    muscle: float
+    muscle_spread: float
 
 
 def generate(
@@ -101,6 +111,7 @@ def generate(
     *,
     subtlety: float = 0.5,
     full_region: bool = False,
+    fmt: str = "nifti",
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``n`` synthetic hip CT cases (one femoral head each) and return the manifest path.
@@ -112,12 +123,16 @@ def generate(
         subtlety: Lesion contrast knob in [0, 1]; 1 is hardest but still measurably abnormal.
         full_region: Write the whole hip region (both hips, pelvis) at a coarser spacing instead of a
             crop around one hip, so that cropping by ``box`` from a larger scan is exercised.
+        fmt: ``"nifti"`` (one ``.nii.gz`` per image) or ``"dicom"`` (one CT series folder per image,
+            one file per slice, int16 HU); masks are NIfTI either way.
         progress: Called as ``progress(i, n)`` after case ``i`` (1-based) is written.
 
     Returns:
         Path of the written ``manifest.csv``.
     """
     check_count_and_subtlety(n, subtlety)
+    if fmt not in ("nifti", "dicom"):
+        raise ConfigError(f"{TASK} writes fmt 'nifti' or 'dicom', got {fmt!r}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -141,9 +156,15 @@ def generate(
                 grid = _grid(patient, side, full_region, rng)
                 hu, bone, lesions, boxes = _render(patient, stages, grid, subtlety, rng)
                 stem = patient_id if full_region else case_id
-                image, mask = f"images/{stem}.nii.gz", f"masks/{stem}_bone.nii.gz"
+                mask = f"masks/{stem}_bone.nii.gz"
                 affine = _affine(grid)
-                _save(out / image, np.clip(np.round(hu), -1024, 3071), affine, np.int16)
+                volume = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+                if fmt == "dicom":
+                    image = f"images/{stem}"
+                    _write_series(out / image, volume, affine, patient_id, stem, seed)
+                else:
+                    image = f"images/{stem}.nii.gz"
+                    _save(out / image, volume, affine, np.int16)
                 _save(out / mask, bone, affine, np.uint8)
                 _save(out / lesion_path, lesions[side], affine, np.uint8)
                 spacing = " ".join(f"{float(a[1] - a[0]):.4g}" for a in grid[::-1])
@@ -230,12 +251,15 @@ def _draw_patient(rng: np.random.Generator, subtlety: float) -> _Patient:
         fat=rng.uniform(12.0, 40.0),
         trabecular=rng.uniform(200.0, 320.0),
         cortical=rng.uniform(1350.0, 1750.0),
-        noise=rng.uniform(12.0, 25.0),
+        noise=rng.uniform(15.0, 30.0),
         hips=hips,
         planes=np.column_stack([rng.normal(0, 1, (4, 3)) * (2 * math.pi / 70.0), rng.uniform(0, 6.3, 4)]),
         gas=tuple(
             (rng.uniform(-45, 45), rng.uniform(-20, 40), rng.uniform(25, 60), rng.uniform(4, 12)) for _ in range(4)
         ),
+        fat_hu=rng.uniform(-115.0, -90.0),
+        muscle=rng.uniform(30.0, 55.0),
+        muscle_spread=rng.uniform(6.0, 14.0),
     )
 
 
@@ -297,23 +321,26 @@ def _render(
     z, y, x = zs[:, None, None], ys[None, :, None], xs[None, None, :]
     shape = (len(zs), len(ys), len(xs))
     spacing = np.array([zs[1] - zs[0], ys[1] - ys[0], xs[1] - xs[0]], dtype=np.float32)
-    # Soft tissue: air, subcutaneous fat, muscle with fat planes, pelvic cavity with bladder and gas.
+    # Soft tissue: air, subcutaneous fat, muscle with fat planes and uneven density (muscles differ, fat
+    # infiltrates them), pelvic cavity with bladder and gas.
     ell = np.sqrt((x / patient.body_a) ** 2 + ((y - patient.body_y) / patient.body_b) ** 2)
     wave = sum(np.cos(pl[0] * x + pl[1] * y + pl[2] * z + pl[3]) for pl in patient.planes) / 2.0
-    hu = np.where(np.abs(wave) < 0.1, -95.0, 45.0).astype(np.float32) * np.ones(shape, np.float32)
+    # Drawn from a child stream, so the lesion, texture and noise draws below do not depend on it.
+    uneven = _random_field(rng.spawn(1)[0], shape, _MUSCLE_SIGMA_MM / spacing)
+    muscle = patient.muscle + patient.muscle_spread * uneven
+    hu = np.where(np.abs(wave) < 0.1, patient.fat_hu + 5.0, muscle).astype(np.float32)
     cavity = ((x / (patient.half_width - 38.0)) ** 2 + ((y - 10.0) / 55.0) ** 2 < 1.0) & (z > -30.0)
-    hu = np.where(cavity, np.where(wave > 0.3, 30.0, -90.0), hu)
+    hu = np.where(cavity, np.where(wave > 0.3, 30.0, patient.fat_hu + 10.0), hu)
     hu = np.where((x / 38.0) ** 2 + ((y + 30.0) / 30.0) ** 2 + ((z + 5.0) / 28.0) ** 2 < 1.0, 8.0, hu)
     for gx, gy, gz, gr in patient.gas:
         hu = np.where((x - gx) ** 2 + (y - gy) ** 2 + (z - gz) ** 2 < gr * gr, -1000.0, hu)
-    hu = np.where(ell > 1.0 - patient.fat / patient.body_b, -100.0, hu)
+    hu = np.where(ell > 1.0 - patient.fat / patient.body_b, patient.fat_hu, hu)
     hu = np.where(ell > 1.0, -1000.0, hu).astype(np.float32)
     fem = np.full(shape, -50.0, np.float32)
     pel = np.full(shape, -50.0, np.float32)
     inner = np.full(shape, float(patient.trabecular), np.float32)
     cortex = np.full(shape, 1.5, np.float32)
-    tex = gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 0.8 / spacing)
-    tex /= max(float(tex.std()), 1e-6)
+    tex = _random_field(rng, shape, 0.8 / spacing)
     lesions: dict[str, np.ndarray] = {}
     boxes: dict[str, str] = {}
     # Sacrum (midline, posterior) belongs to the pelvis.
@@ -402,10 +429,24 @@ def _render(
     pelhu = np.where(pel < 1.5, 0.95 * patient.cortical, np.where(pel > 0, inner - 40.0 + (tb - patient.trabecular), 0))
     hu = np.where(fem > 0, femhu, np.where(pel > 0, pelhu, hu)).astype(np.float32)
     hu = gaussian_filter(hu, 0.45 / spacing)
-    noise = gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 0.6)
-    hu += noise * (patient.noise / max(float(noise.std()), 1e-6))
+    hu += patient.noise * _random_field(rng, shape, 0.6)
     bone = binary_dilation((fem > 0) | (pel > 0))
     return hu, bone, lesions, boxes
+
+
+def _random_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: np.ndarray | float) -> np.ndarray:
+    """Gaussian-smoothed white noise (``sigma`` in voxels per axis), scaled to zero mean and unit SD.
+
+    Along axes where it is smoother than 4 voxels the field is drawn on a grid ``sigma / 2`` times coarser
+    and interpolated back: as smooth, at a fraction of the cost of filtering the full grid.
+    """
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=float), (len(shape),))
+    step = np.maximum(np.floor(sigma / 2.0), 1.0)
+    coarse = [math.ceil(n / k) + 1 if k > 1 else n for n, k in zip(shape, step, strict=True)]
+    field = gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), sigma / step)
+    if field.shape != shape:
+        field = zoom(field, np.divide(shape, field.shape), order=1)
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
 
 
 def _box(centre: tuple[float, float, float], half: float, grid: tuple[np.ndarray, ...]) -> str:
@@ -434,3 +475,52 @@ def _save(path: Path, volume: np.ndarray, affine: np.ndarray, dtype: type) -> No
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     nib.save(img, path)
+
+
+def _write_series(folder: Path, volume: np.ndarray, affine: np.ndarray, patient_id: str, stem: str, seed: int) -> None:
+    """Write a (z, y, x) int16 HU volume as a CT series folder, one file per axial slice.
+
+    Positions, orientation and spacing come from the NIfTI ``affine`` (RAS, voxel axes x, y, z), so the
+    series and the NIfTI place every voxel at the same point and read back as the same array. Both hips of
+    a patient come from one scan: they share the study and the frame of reference.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # columns: steps along voxel x, y, z, then voxel 0
+    step = np.linalg.norm(lps[:, :3], axis=0)
+    orientation = np.concatenate([lps[:, 0] / step[0], lps[:, 1] / step[1]])
+    study = Study(patient_id, dicom_uid(TASK, seed, patient_id, "study"), patient_id, "20200101")
+    series_uid = dicom_uid(TASK, seed, stem, "series")
+    tags = {
+        "ImageType": ["DERIVED", "PRIMARY", "AXIAL"],
+        "BodyPartExamined": "HIP",
+        "PatientPosition": "HFS",
+        "FrameOfReferenceUID": dicom_uid(TASK, seed, patient_id, "frame"),
+        "PositionReferenceIndicator": "",
+        "ImageOrientationPatient": [decimal_string(v) for v in orientation],
+        "PixelSpacing": [decimal_string(step[1]), decimal_string(step[0])],  # row spacing (y), column spacing (x)
+        "SliceThickness": decimal_string(step[2]),
+        "KVP": "120",
+        "RescaleIntercept": "0",
+        "RescaleSlope": "1",
+        "RescaleType": "HU",
+        "WindowCenter": "400",
+        "WindowWidth": "1800",
+    }
+    width = len(str(len(volume)))
+    for k, plane in enumerate(volume):
+        position = lps[:, 3] + k * lps[:, 2]
+        write_dicom(
+            folder / f"{k + 1:0{width}d}.dcm",
+            plane,
+            sop_class="1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+            sop_uid=dicom_uid(TASK, seed, stem, "slice", str(k)),
+            series_uid=series_uid,
+            study=study,
+            modality="CT",
+            tags={
+                **tags,
+                "InstanceNumber": k + 1,
+                "ImagePositionPatient": [decimal_string(v) for v in position],
+                "SliceLocation": decimal_string(position[2]),
+            },
+        )
