@@ -4,14 +4,16 @@ Models the setting of the attention-fusion paper (Med Phys 2023;50:5528): one hi
 protocols (T1, T2, PD fat-saturated, STIR, T1 fat-saturated), four-way ARCO staging (I–IV), a few
 labelled studies and many more unlabelled MR–CT pairs for an MR→CT translation pretext.
 
-Each study is one **2-D coronal slice** through the femoral head, not a volume: the staging signs all
-show on the mid-coronal slice, and 2-D keeps hundreds of studies to seconds. One anatomy is drawn as
-soft tissue fractions (air, subcutaneous and intermuscular fat, muscle, cortex, fatty femoral marrow,
-red pelvic marrow, cartilage, labrum, joint fluid and lesion tissues) and rendered through a table of
-tissue signals per protocol, so every image of a study shows the same anatomy with its own contrast:
-fat is bright on T1 and T2 and dark on the fat-suppressed PDfs, STIR and T1fs; fluid and oedema are
-bright on T2, PDfs and STIR and dark on T1; cortex and sclerosis are dark on all. The CT is the same
-tissue map in Hounsfield units (oedema is invisible on CT), stored as a 16-bit PNG holding HU + 1024.
+Each study is one **2-D coronal slice** through the femoral head, not a volume. This matches the paper's
+2-D, VGG-based setting: its precursor (ISMRM 2022 abstract #1431) extracted femoral-head regions from coronal
+pelvic MR slices, and the staging signs all show on the mid-coronal slice; 2-D also keeps hundreds of studies
+to seconds. One anatomy is drawn as soft tissue fractions (air, subcutaneous and intermuscular fat, muscle,
+cortex, fatty femoral marrow, red pelvic marrow, cartilage, labrum, joint fluid and lesion tissues) and
+rendered through a table of tissue signals per protocol, so every image of a study shows the same anatomy with
+its own contrast: fat is bright on T1 and T2 and dark on the fat-suppressed PDfs, STIR and T1fs; fluid is
+bright on T2, PDfs and STIR and darker than muscle on T1 and T1fs; bone-marrow oedema is darker than fatty
+marrow on T1 and bright on PDfs and STIR; cortex and sclerosis are dark on all. The CT is the same tissue map
+in Hounsfield units (oedema is invisible on CT), stored as a 16-bit PNG holding HU + 1024.
 
 Images are in radiological orientation (the patient's right hip has its lateral side on the image's
 left); left hips are mirrored. The necrotic segment sits in the superolateral, weight-bearing head:
@@ -25,10 +27,13 @@ left); left hips are mirrored. The necrotic segment sits in the superolateral, w
   subchondral sclerosis, a roof cyst, acetabular oedema, osteophytes and a larger effusion.
 
 Choices the paper leaves open, all parameters: lesion size grows with stage (the mask area is
-ordered by stage); ``subtlety`` scales lesion contrast and collapse (0 = obvious, 1 = hardest but still
-ordered). Normal variation includes head size, slice position, red-marrow islands (mildly STIR-bright,
-an oedema mimic), a physeal scar, coil shading and noise. Labelled patients contribute one hip or, in
-30 % of them, both hips as two studies with independent stages. The pretext set holds separate
+ordered by stage); ``subtlety`` (0 = obvious, 1 = hardest but still ordered) lowers the signal change of
+the necrotic segment and its reactive line, thins the sclerotic rim and the fluid crescent, shortens the
+oedema and lessens collapse. Dense tissues (sclerosis, fluid) stay dense where present even when subtle, so
+the tissue contrast holds in every pixel they fill and a thin band loses contrast only by partial volume.
+Normal variation includes head size, slice position, red-marrow islands (mildly STIR-bright, an oedema
+mimic), a physeal scar, intramuscular fat streaks, coil shading and noise. Labelled patients contribute one
+hip or, in 30 % of them, both hips as two studies with independent stages. The pretext set holds separate
 patients, one study each, a fifth of them normal and the rest stages I–IV, all protocols present.
 """
 
@@ -76,7 +81,7 @@ _TISSUES: dict[str, tuple[float, float, float, float, float, float]] = {
     "marrow": (0.85, 0.68, 0.12, 0.08, 0.14, 230.0),
     "red": (0.55, 0.42, 0.30, 0.26, 0.35, 330.0),
     "cartilage": (0.38, 0.42, 0.46, 0.36, 0.40, 110.0),
-    "fluid": (0.14, 0.95, 0.90, 0.97, 0.10, 10.0),
+    "fluid": (0.08, 0.95, 0.90, 0.97, 0.07, 10.0),
     "labrum": (0.05, 0.05, 0.06, 0.05, 0.05, 90.0),
     "necrotic": (0.62, 0.50, 0.22, 0.18, 0.20, 300.0),
     "sclerosis": (0.06, 0.06, 0.07, 0.06, 0.06, 800.0),
@@ -253,7 +258,7 @@ def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
         planes=FourierField.random(rng, 6, (60.0, 140.0), anisotropy=2.5, angle=math.pi / 2),
         fat_wobble=FourierField.random(rng, 4, (50.0, 120.0)),
         islands=FourierField.random(rng, 6, (12.0, 30.0)),
-        texture=FourierField.random(rng, 10, (3.0, 7.0)),
+        texture=FourierField.random(rng, 12, (3.0, 8.0), anisotropy=6.0, angle=math.pi / 2),
         shift=(float(rng.normal(14.0, 4.0)), float(rng.normal(-12.0, 4.0))),
     )
 
@@ -274,7 +279,7 @@ def _draw_disease(rng: np.random.Generator, stage: int, subtlety: float) -> _Dis
         depth=float(0.22 + 0.08 * stage + rng.uniform(-0.04, 0.04)),
         collapse=float(collapse) * (1.0 - 0.35 * subtlety),
         effusion=float(effusion),
-        oedema=float(rng.uniform(0.75, 0.95)) if stage >= 3 else 0.0,
+        oedema=float(rng.uniform(0.8, 0.95)) if stage >= 3 else 0.0,
         contrast=1.0 - 0.55 * subtlety,
         wobble=FourierField.random(rng, 4, (15.0, 40.0)),
         mottle=FourierField.random(rng, 8, (4.0, 10.0)),
@@ -310,7 +315,8 @@ def _synth_study(rng: np.random.Generator, stage: int, subtlety: float, size: in
     """Draw and render one hip: five MR protocols, CT in HU, the tissue map and the lesion mask.
 
     Returns a dict with the float images ``t1`` … ``t1fs`` (relative signal) and ``ct`` (HU), the
-    integer ``tissue`` map (index into :data:`TISSUES`, dominant fraction) and the boolean ``mask``.
+    integer ``tissue`` map (index into :data:`TISSUES` of the dominant tissue), its ``fraction`` of the pixel
+    (so checks can pick nearly pure pixels) and the boolean ``mask``.
     """
     anatomy = _draw_anatomy(rng)
     disease = _draw_disease(rng, stage, subtlety)
@@ -330,6 +336,7 @@ def _synth_study(rng: np.random.Generator, stage: int, subtlety: float, size: in
     ct = gaussian_filter(signal[5], 0.6) + float(rng.uniform(10.0, 18.0)) * rng.standard_normal((size, size))
     study["ct"] = ct.astype(np.float32)
     study["tissue"] = np.argmax(canvas.weights, axis=0)
+    study["fraction"] = canvas.weights.max(axis=0)
     study["mask"] = mask
     if side == "left":
         study = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in study.items()}
@@ -365,13 +372,15 @@ def _layout(anatomy: _Anatomy, disease: _Disease, size: int) -> tuple[_Canvas, n
     )
     canvas.paint("fat", occ(a.medial_wall[0] + a.medial_wall[2] - 4.0 - x))
     canvas.paint("muscle", occ(sd_body - 8.0) * occ(a.radius + 10.0 - x))
+    # Fine intramuscular fat streaks along the (craniocaudal) fibres, so muscle is not a flat grey.
+    canvas.paint("fat", 0.12 * canvas.weights[TISSUES.index("muscle")] * smoothstep(a.texture(x, y), 0.0, 2.0))
     # Joint capsule with fluid (an effusion distends it along the neck).
     ca, sa = math.cos(a.neck_angle), math.sin(a.neck_angle)
     neck_end = (-a.neck_length * ca, a.neck_length * sa)
     neck_d, _ = segment_distance(x, y, (hx, hy), neck_end)
     e = disease.effusion
-    sd_capsule = np.minimum(dist - radius - 2.0 - 3.0 * e, neck_d - a.neck_radius - 0.5 - 5.0 * e)
-    canvas.paint("fluid", occ(sd_capsule) * (0.2 + 0.8 * e))
+    sd_capsule = np.minimum(dist - radius - 2.0 - 4.0 * e, neck_d - a.neck_radius - 6.0 * e)
+    canvas.paint("fluid", 0.9 * occ(sd_capsule))  # a layer of fluid, thick when the effusion is large
     # Acetabulum: socket, fossa with pulvinar fat, cartilage of both sides, labrum at the lateral lip.
     socket = radius + 2.0 * a.cartilage
     up = smoothstep(-(y - hy) / np.maximum(dist, 1e-3), 0.3, 0.8)
@@ -393,10 +402,11 @@ def _layout(anatomy: _Anatomy, disease: _Disease, size: int) -> tuple[_Canvas, n
     trochanter = (neck_end[0] - 10.0, neck_end[1] - 14.0, 13.0, 17.0)
     shaft_top = (a.shaft_x, neck_end[1] + 4.0)
     shaft_d, _ = segment_distance(x, y, shaft_top, (a.shaft_x - 6.0, 140.0))
-    lesser = (a.shaft_x + 14.0, neck_end[1] + 22.0, 8.0, 6.0)
-    sd_femur = np.minimum.reduce(
-        [sd_head, neck_d - a.neck_radius, _ellipse_sd(x, y, trochanter), shaft_d - 15.0, _ellipse_sd(x, y, lesser)]
-    )
+    lesser = (a.shaft_x + 15.0, neck_end[1] + 20.0, 9.0, 7.0)
+    # Filleted unions give the concave calcar curve and the trochanteric flare instead of sharp corners.
+    sd_neck_shaft = _smooth_min(neck_d - a.neck_radius, shaft_d - 15.0, 12.0)
+    sd_proximal = _smooth_min(sd_neck_shaft, _ellipse_sd(x, y, trochanter), 6.0)
+    sd_femur = np.minimum(sd_head, _smooth_min(sd_proximal, _ellipse_sd(x, y, lesser), 4.0))
     if oa:
         osteophyte = np.sqrt((x - radius * 0.55) ** 2 + (y - radius * 0.9) ** 2) - 4.0
         sd_femur = np.minimum(sd_femur, osteophyte)
@@ -408,12 +418,16 @@ def _layout(anatomy: _Anatomy, disease: _Disease, size: int) -> tuple[_Canvas, n
     canvas.paint("red", marrow * 0.45 * np.clip(a.islands(x, y) - 0.4, 0.0, 1.0) * occ(radius * 0.3 - proj))
     physis = band(proj + 0.3 * radius - 0.02 * perp**2, 0.6)
     canvas.paint("sclerosis", marrow * 0.5 * physis * occ(dist - radius))
-    mask = _paint_lesion(canvas, disease, x, y, dist, proj, perp, sd_head, radius, marrow, occ)
-    if disease.oedema > 0:
-        reach = np.exp(-np.maximum(radius * (1.0 - disease.depth) - proj, 0.0) / 18.0)
-        patchy = 0.75 + 0.25 * disease.wobble(x, y) / 1.4
+    if disease.oedema > 0:  # before the lesion, whose sclerotic rim is dense bone and stays free of oedema
+        extent = 8.0 + 16.0 * disease.contrast  # mm down the neck beyond the head; shorter when subtle
+        wobble = disease.wobble(x, y) / 1.4
+        margin = 4.0 * wobble  # an irregular lower edge
+        reach = 1.0 - smoothstep(dist - 0.8 * radius + margin, extent, extent + 12.0)
+        patchy = 0.75 + 0.25 * wobble
         viable = proj < radius * (1.0 - disease.depth)
-        canvas.paint("oedema", marrow * disease.oedema * disease.contrast**0.5 * reach * patchy * viable)
+        strength = disease.oedema * (0.7 + 0.3 * disease.contrast)
+        canvas.paint("oedema", marrow * strength * reach * patchy * viable)
+    mask = _paint_lesion(canvas, disease, x, y, dist, proj, perp, sd_head, radius, marrow, occ)
     # Pelvic bone, cut by the socket and the fossa.
     sd_pelvis = np.maximum.reduce([sd_body, socket - dist, -sd_fossa])
     canvas.paint("cortex", occ(sd_pelvis))
@@ -421,12 +435,22 @@ def _layout(anatomy: _Anatomy, disease: _Disease, size: int) -> tuple[_Canvas, n
     canvas.paint("red", pelvic_marrow)
     canvas.paint("marrow", pelvic_marrow * 0.2 * smoothstep(a.islands(x, y), -0.5, 1.5))
     if oa:
-        roof = band(dist - socket - 2.5, 1.8) * up * pelvic_marrow
-        canvas.paint("sclerosis", 0.8 * disease.contrast**0.5 * roof)
-        canvas.paint("oedema", 0.6 * disease.contrast**0.5 * band(dist - socket - 9.0, 5.0) * up * pelvic_marrow)
+        thick = _thickness(disease)
+        canvas.paint("oedema", 0.8 * band(dist - socket - 9.0, 5.0 * thick) * up * pelvic_marrow)
+        rim = 4.0 * thick  # subchondral sclerosis of the roof, a solid band like the femoral rim
+        canvas.paint("sclerosis", 0.95 * occ(np.abs(dist - socket - 0.5 - rim / 2) - rim / 2) * up * pelvic_marrow)
         cyst = np.sqrt((x - 0.3 * radius) ** 2 + (y + socket + 5.0) ** 2) - 2.8
         canvas.paint("fluid", occ(cyst) * pelvic_marrow)
     return canvas, mask
+
+
+def _thickness(disease: _Disease) -> float:
+    """Width factor of the dense lesion tissues (sclerosis, fluid, oedema bands).
+
+    Subtle lesions get thinner bands rather than fainter ones: sclerosis and fluid stay dense where present,
+    so their contrast is right in every pixel they fill, and a thin band loses contrast by partial volume.
+    """
+    return 0.5 + 0.5 * disease.contrast
 
 
 def _paint_lesion(
@@ -446,23 +470,28 @@ def _paint_lesion(
     if disease.stage == 0:
         return np.zeros(x.shape, dtype=bool)
     c = disease.contrast
+    thick = _thickness(disease)
     level = proj + 0.35 * perp**2 / radius - radius * (1.0 - disease.depth) + 1.2 * disease.wobble(x, y) / 1.4
     inside = marrow * occ(dist - radius + 0.5)
     core = inside * smoothstep(level, 0.0, 1.0)
     mottle = disease.mottle(x, y) / 1.4
     canvas.paint("necrotic", core * c * (0.45 + 0.12 * disease.stage))
     if disease.stage >= 3:
-        canvas.paint("sclerosis", core * c * 0.5 * smoothstep(mottle, 0.4, 1.2))
-        canvas.paint("fluid", core * c * 0.4 * smoothstep(-mottle, 0.7, 1.4))
+        sparse = 0.6 * (1.0 - c)  # subtle lesions have fewer sclerotic and cystic patches
+        canvas.paint("sclerosis", core * 0.9 * smoothstep(mottle, 0.4 + sparse, 0.9 + sparse))
+        canvas.paint("fluid", core * 0.9 * smoothstep(-mottle, 0.7 + sparse, 1.2 + sparse))
+    line = 0.9 * (0.4 + 0.6 * c)  # the reactive line stays the dominant tissue of its pixels when subtle
+    rim = 2.0  # how far outside the segment (level 0) the reactive rim reaches, mm
     if disease.stage == 1:
-        canvas.paint("interface", inside * c * 0.9 * band(level, 1.0))
+        canvas.paint("interface", inside * line * band(level, 1.0))
     else:
-        canvas.paint("granulation", inside * c * 0.9 * band(level - 1.0, 0.8))
-        canvas.paint("sclerosis", inside * c * 0.95 * band(level + 1.2, 0.9))
+        canvas.paint("granulation", inside * line * band(level - 1.0, 0.8))
+        rim = 3.2 * thick  # the sclerotic rim is a solid band of dense bone just outside the segment
+        canvas.paint("sclerosis", inside * 0.95 * occ(np.abs(level + rim / 2) - rim / 2))
     if disease.stage >= 3:
         depth = -sd_head
-        canvas.paint("fluid", inside * min(1.0, c + 0.2) * band(depth - 1.8, 0.7) * smoothstep(level, 0.5, 2.0))
-    return (level > -2.0) & (dist < radius) & (marrow > 0.5)
+        canvas.paint("fluid", inside * 0.95 * band(depth - 1.8, 0.8 * thick) * smoothstep(level, 0.5, 2.0))
+    return (level > -rim) & (dist < radius) & (marrow > 0.5)
 
 
 def _write_images(folder: Path, case_id: str, study: dict[str, np.ndarray], missing: int) -> dict[str, str]:
