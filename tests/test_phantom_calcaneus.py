@@ -126,3 +126,34 @@ def test_label_measurable_at_full_subtlety(name: str) -> None:
     assert signal > 0.5 * noise
     easy, _, _ = _study(frozenset({name}), 0.0)
     assert np.abs(easy.astype(float) - without)[region].mean() > signal
+
+
+def test_bohler_angle_normal_and_flattened_by_depression() -> None:
+    """Normal calcanei have Böhler's angle in the normal 20-40° range; collapse and tongue fractures flatten it."""
+    normal = []
+    for i in range(300):
+        anatomy = cm._draw_anatomy(np.random.default_rng([7, i]))
+        angle = cm.bohler_angle(anatomy)
+        normal.append(angle)
+        frng = np.random.default_rng(i)
+        for name, drop in (("collapse_block", 5.0), ("tongue_block", 4.0), ("primary_line", 0.0)):
+            fracture = cm._draw_fracture(frng, anatomy, frozenset({name}))
+            flattened = cm.bohler_angle(anatomy, fracture, 1.0)
+            assert flattened <= angle - drop + 1e-9, (name, angle, flattened)
+    assert min(normal) >= 20.0 and max(normal) <= 40.0
+    assert 26.0 < float(np.median(normal)) < 34.0  # spread across the range, not pinned to one end
+
+
+def test_rendered_calcaneus_follows_its_outline() -> None:
+    """The rendered calcaneus mask has the drawn outline's area: the measured geometry is the one shown."""
+    rng = np.random.default_rng(11)
+    anatomy = cm._draw_anatomy(rng)
+    fracture = cm._draw_fracture(rng, anatomy, frozenset())
+    size = (256, 320)
+    pose = cm._draw_pose(np.random.default_rng(12), size)
+    _, _, calc = cm._render(anatomy, fracture, pose, size, 0.5, np.random.default_rng(0))
+    outline, _ = cm._outline(anatomy, fracture, 1.0)
+    x, y = outline[:, 0], outline[:, 1]
+    area_mm2 = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+    assert 1500.0 < area_mm2 < 3600.0  # an adult calcaneus in lateral projection, not a sliver or a slab
+    assert abs(calc.sum() * pose.spacing**2 / area_mm2 - 1.0) < 0.04
