@@ -20,11 +20,18 @@ from osteoscope.phantoms.calcaneus_multilabel import LABELS
 
 
 def tiny_cnn(in_chans: int, outputs: int, spatial_dims: int) -> nn.Module:
-    conv, pool = (nn.Conv2d, nn.MaxPool2d) if spatial_dims == 2 else (nn.Conv3d, nn.MaxPool3d)
+    """Three conv blocks with batch norm, then global max pooling (a lesion anywhere counts).
+
+    Without the normalisation, a CT volume in a wide HU window often drove this net to a constant output
+    (held-out AUC 0.5): the test would then judge the optimiser, not the phantom.
+    """
+    conv, norm, pool = (
+        (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d)
+    )
     return nn.Sequential(
-        conv(in_chans, 16, 3, padding=1), nn.ReLU(), pool(2),
-        conv(16, 32, 3, padding=1), nn.ReLU(), pool(2),
-        conv(32, 32, 3, padding=1), nn.ReLU(),
+        conv(in_chans, 16, 3, padding=1), norm(16), nn.ReLU(), pool(2),
+        conv(16, 32, 3, padding=1), norm(32), nn.ReLU(), pool(2),
+        conv(32, 32, 3, padding=1), norm(32), nn.ReLU(),
         nn.AdaptiveMaxPool2d(1) if spatial_dims == 2 else nn.AdaptiveMaxPool3d(1), nn.Flatten(),
         nn.Linear(32, outputs),
     )  # fmt: skip
@@ -75,7 +82,8 @@ def test_femur_aff_vs_nff_is_learnable(tmp_path: Path, seed: int) -> None:
 
 
 def test_calcaneus_subtypes_are_learnable(tmp_path: Path) -> None:
-    generate_phantom("calcaneus-multilabel", tmp_path, n=120, seed=0, subtlety=0.0, image_size=(96, 120))
+    # 240 studies: with 120 the mAP cleared the bar by only 0.01-0.09 over three seeds, with 240 by 0.13-0.21.
+    generate_phantom("calcaneus-multilabel", tmp_path, n=240, seed=0, subtlety=0.0, image_size=(96, 120))
     builder = ImageWithMask(label_columns=tuple(f"label_{n}" for n in LABELS), size=(96, 120))
     y, out = fit_and_score(tmp_path, builder, len(LABELS), 2, nn.BCEWithLogitsLoss(), epochs=20, with_mask=True)
     result = multilabel_metrics(y.astype(int), torch.sigmoid(out).numpy())
@@ -83,10 +91,12 @@ def test_calcaneus_subtypes_are_learnable(tmp_path: Path) -> None:
 
 
 def test_ct_necrosis_is_learnable(tmp_path: Path) -> None:
-    generate_phantom("avnfh-ct", tmp_path, n=64, seed=0, subtlety=0.0)
+    # 128 studies: with 32 per half the held-out AUC was 0.74-0.80 over five seeds; with 64 per
+    # half it was 0.93-0.96 over two seeds. Stage I (MR-only, no CT change) counts as positive.
+    generate_phantom("avnfh-ct", tmp_path, n=128, seed=0, subtlety=0.0)
     builder = VolumeWithMask(size=(32, 32, 32), mask_column="mask")
     y, out = fit_and_score(tmp_path, builder, 1, 3, nn.BCEWithLogitsLoss(), epochs=40)
-    assert roc_auc(y.astype(int), torch.sigmoid(out[:, 0]).numpy()) > 0.7
+    assert roc_auc(y.astype(int), torch.sigmoid(out[:, 0]).numpy()) > 0.8
 
 
 def test_mr_stage_is_learnable(tmp_path: Path) -> None:
