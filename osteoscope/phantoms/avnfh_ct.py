@@ -7,9 +7,11 @@ spread of 6-14 HU SD within the scan, trabecular bone ~200-400, cortical bone ~1
 partial-volume blur, noise SD 15-30 HU; ``benchmarks/ct_realism.py`` compares them with real CT.
 
 Anatomy per hip: femoral head, neck, greater and lesser trochanter and shaft (cortical shell of varying
-thickness, textured trabecular interior, fatty marrow down the shaft), and the acetabular cup with ilium,
-ischium and pubic rami. ``full_region=True`` writes the whole hip region instead (both hips, pelvis,
-sacrum, bowel gas, body outline).
+thickness, textured trabecular interior with the thickened bundles that cross at the head centre, the
+"asterisk" of a normal head on axial CT, and fatty marrow down the shaft), and the acetabular cup (thick
+roof and posterior column, thin medial wall, a dense subchondral plate thickest under the roof, the
+fat-padded cotyloid fossa) with ilium, ischium and pubic rami. ``full_region=True`` writes the whole hip
+region instead (both hips, pelvis, sacrum, bowel gas, body outline).
 
 Lesions follow the seed's ARCO criteria and sit in the superolateral, weight-bearing segment:
 
@@ -68,6 +70,7 @@ _CROP_MAX = 112
 Vec = tuple[float, ...] | np.ndarray
 _SIDE_SIGN = {"right": -1.0, "left": 1.0}  # LPS x points to the patient's left
 _MUSCLE_SIGMA_MM = 8.0  # smoothness of the variation of muscle density within a scan
+_FOSSA = (-0.852, 0.150, -0.501)  # unit direction of the cotyloid fossa from the head centre (hip frame)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class _Hip:
     lesion_size: float
     cysts: tuple[tuple[float, float, float, float], ...]
     waves: np.ndarray
+    bundles: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,7 @@ def _draw_patient(rng: np.random.Generator, subtlety: float) -> _Patient:
             lesion_size=size,
             cysts=cysts,
             waves=np.column_stack([rng.normal(0, 0.9, (3, 3)), rng.uniform(0, 2 * math.pi, 3)]),
+            bundles=_bundles(rng),
         )
     a = half + rng.uniform(65.0, 95.0)
     return _Patient(
@@ -261,6 +266,19 @@ def _draw_patient(rng: np.random.Generator, subtlety: float) -> _Patient:
         muscle=rng.uniform(30.0, 55.0),
         muscle_spread=rng.uniform(6.0, 14.0),
     )
+
+
+def _bundles(rng: np.random.Generator) -> np.ndarray:
+    """Unit directions (K, 3) of the thickened trabecular bundles that cross at the head centre.
+
+    On axial CT they form the "asterisk" of a normal femoral head: the principal compressive group runs
+    from the superolateral weight-bearing surface down to the medial calcar; the others splay around it
+    and across the head. Eight bundles: the main one, three near it, four across the head.
+    """
+    main = np.array([0.35, 0.0, 0.94])
+    others = [main + rng.normal(0.0, 0.25, 3) for _ in range(3)]
+    others += [np.array([math.cos(t), math.sin(t), rng.normal(0.0, 0.4)]) for t in rng.uniform(0, math.pi, 4)]
+    return np.array([_unit(d) for d in [main, *others]])
 
 
 def _centre(patient: _Patient, side: str) -> tuple[float, float, float]:
@@ -340,6 +358,7 @@ def _render(
     pel = np.full(shape, -50.0, np.float32)
     inner = np.full(shape, float(patient.trabecular), np.float32)
     cortex = np.full(shape, 1.5, np.float32)
+    plate = np.full(shape, 1.0, np.float32)  # pelvic cortex: thin outside, the subchondral plate in the cup
     tex = _random_field(rng, shape, 0.8 / spacing)
     lesions: dict[str, np.ndarray] = {}
     boxes: dict[str, str] = {}
@@ -372,8 +391,9 @@ def _render(
         head = rad < r + 2.0
         cortex = np.where(head, 1.1, np.where(f > -20, np.interp(w - j[2], [-60, -10], [6.0, 1.8]), cortex))
         marrow = smoothstep(-(w - j[2]), 25.0, 60.0)
-        base = patient.trabecular + 80.0 * np.clip(1.0 - rad / r, 0, 1) * head
+        base = patient.trabecular + 20.0 * np.clip(1.0 - rad / r, 0, 1) * head
         inner = np.where(f > -20, base * (1 - marrow) - 60.0 * marrow, inner)
+        inner = inner + np.where(head, _asterisk(u, v, w, hip.bundles, 0.9 * r), 0.0)
         # Acetabulum and pelvis; stage IV narrows the joint by lowering the cup.
         drop = min(col + hip.joint - 1.0, hip.joint - 0.6) if stage == 4 else 0.0
         rin = r + hip.joint
@@ -381,8 +401,15 @@ def _render(
         rc = np.sqrt(u * u + v * v + cw * cw)
         a = _unit(np.array([0.75, -0.35, -0.55]))
         plane = (u * a[0] + v * a[1] + cw * a[2]) / 1.0
-        thick = 6.0 + 8.0 * np.clip(cw / np.maximum(rc, 1e-3), 0.0, 1.0)
-        p = np.minimum(np.minimum(rc - rin, rin + thick - rc), 0.1 * rin - plane)
+        # The cup: thick roof (the sourcil) and posterior column, thin medial wall; the cotyloid fossa
+        # recesses its floor, padded with fat. Its articular face is a dense subchondral plate.
+        up = np.clip(cw / np.maximum(rc, 1e-3), 0.0, 1.0)
+        back = np.clip(v / np.maximum(rc, 1e-3), 0.0, 1.0)
+        thick = 5.0 + 14.0 * up + 5.0 * back
+        fossa = smoothstep((u * _FOSSA[0] + v * _FOSSA[1] + cw * _FOSSA[2]) / np.maximum(rc, 1e-3), 0.82, 0.9)
+        floor = rin + 4.0 * fossa
+        hu = np.where((rc >= rin) & (rc < floor), patient.fat_hu + 20.0, hu)
+        p = np.minimum(np.minimum(rc - floor, rin + thick - rc), 0.1 * rin - plane)
         half = patient.half_width
         p = _smax(p, _capsule(u, v, cw, (-6, 6, 0.6 * r), (-2, 22, 80), 20.0, 14.0))
         p = _smax(p, _capsule(u, v, cw, (-6, 14, -10), (-12, 30, -62), 13.0, 11.0))
@@ -393,8 +420,9 @@ def _render(
         p = _smax(p, _ellipsoid(u, v, cw, (-18, 30, 85), (7.0, 50.0, 40.0)))
         if stage == 4:
             p = _smax(p, _ball(u, v, cw, (rin + 2.0) * np.array(_unit(np.array([0.85, -0.2, 0.45]))), 4.0), 1.5)
-        p = np.minimum(p, rc - rin)
+        p = np.minimum(p, rc - floor)
         pel = np.maximum(pel, p)
+        plate = np.where((rc - floor < 4.0) & (p > 0), 1.0 + 1.0 * up, plate)
         hu = np.where(rad < rin + 0.5, np.maximum(hu, 85.0), hu)
         # Necrotic segment.
         q = 0.92 * r * d
@@ -424,14 +452,31 @@ def _render(
             inner = inner + np.where(p > 0, c * (350.0 * roof - 300.0 * cyst), 0.0)
         lesions[side] = np.broadcast_to(lesion, shape)
         boxes[side] = _box((cx, cy, cz), 1.2 * r + 1.0, grid)
-    tb = patient.trabecular + 60.0 * tex
     femhu = np.where(fem < cortex, patient.cortical, inner + 60.0 * tex)
-    pelhu = np.where(pel < 1.5, 0.95 * patient.cortical, np.where(pel > 0, inner - 40.0 + (tb - patient.trabecular), 0))
+    pelhu = np.where(pel < plate, 0.95 * patient.cortical, np.where(pel > 0, inner - 40.0 + 60.0 * tex, 0))
     hu = np.where(fem > 0, femhu, np.where(pel > 0, pelhu, hu)).astype(np.float32)
     hu = gaussian_filter(hu, 0.45 / spacing)
     hu += patient.noise * _random_field(rng, shape, 0.6)
     bone = binary_dilation((fem > 0) | (pel > 0))
     return hu, bone, lesions, boxes
+
+
+def _asterisk(u: np.ndarray, v: np.ndarray, w: np.ndarray, bundles: np.ndarray, reach: float) -> np.ndarray:
+    """HU added by the trabecular bundles through the head centre: about 1 mm thick, fading out by ``reach``.
+
+    ``u``, ``v``, ``w`` are the hip-frame coordinates along the grid's x, y and z axes (broadcastable 1-D
+    arrays); the bundles are evaluated only in the box of half-width ``reach`` about the centre.
+    """
+    out = np.zeros(np.broadcast_shapes(u.shape, v.shape, w.shape), np.float32)
+    near = [np.flatnonzero(np.abs(c.ravel()) < reach) for c in (w, v, u)]
+    if any(len(k) == 0 for k in near):
+        return out
+    box = tuple(slice(k[0], k[-1] + 1) for k in near)
+    ub, vb, wb = u[..., box[2]], v[:, box[1]], w[box[0]]
+    rad2 = ub * ub + vb * vb + wb * wb
+    lines = sum(np.exp(-np.maximum(rad2 - (ub * d[0] + vb * d[1] + wb * d[2]) ** 2, 0.0) / 0.8) for d in bundles)
+    out[box] = 200.0 * np.minimum(lines, 1.0) * smoothstep(reach - np.sqrt(rad2), 0.0, 6.0)
+    return out
 
 
 def _random_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: np.ndarray | float) -> np.ndarray:
