@@ -393,7 +393,7 @@ def _render(
         marrow = smoothstep(-(w - j[2]), 25.0, 60.0)
         base = patient.trabecular + 20.0 * np.clip(1.0 - rad / r, 0, 1) * head
         inner = np.where(f > -20, base * (1 - marrow) - 60.0 * marrow, inner)
-        inner = inner + np.where(head, _asterisk(u, v, w, hip.bundles, 0.9 * r), 0.0)
+        inner = inner + _asterisk(u, v, w, hip.bundles, 0.9 * r)  # zero outside the head
         # Acetabulum and pelvis; stage IV narrows the joint by lowering the cup.
         drop = min(col + hip.joint - 1.0, hip.joint - 0.6) if stage == 4 else 0.0
         rin = r + hip.joint
