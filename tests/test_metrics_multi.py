@@ -97,12 +97,14 @@ def test_multiclass_rejects_bad_input(y: list, prob: list, message: str) -> None
 
 # Four cases, three labels, threshold 0.5 (predicted present when score >= 0.5).
 ML_TRUE = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
-ML_SCORE = np.array([
-    [0.9, 0.2, 0.6],  # pred [1, 0, 1]  exact match
-    [0.6, 0.7, 0.5],  # pred [1, 1, 1]  (0.5 counts as positive)
-    [0.8, 0.4, 0.3],  # pred [1, 0, 0]
-    [0.1, 0.3, 0.55],  # pred [0, 0, 1]  exact match
-])
+ML_SCORE = np.array(
+    [
+        [0.9, 0.2, 0.6],  # pred [1, 0, 1]  exact match
+        [0.6, 0.7, 0.5],  # pred [1, 1, 1]  (0.5 counts as positive)
+        [0.8, 0.4, 0.3],  # pred [1, 0, 0]
+        [0.1, 0.3, 0.55],  # pred [0, 0, 1]  exact match
+    ]
+)
 
 
 def test_multilabel_hand_example() -> None:

@@ -125,7 +125,7 @@ def test_plot_precision_recall_rejects_bad_input(tmp_path: Path) -> None:
 def test_plot_reliability_writes_png(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     p = rng.uniform(0, 1, 200)
-    y = (rng.uniform(0, 1, 200) < p ** 2).astype(int)
+    y = (rng.uniform(0, 1, 200) < p**2).astype(int)
     out = plot_reliability(y, p, tmp_path / "rel.png", n_bins=8)
     _assert_png(out)
     # Empty bins (all predictions in one half) must not break the plot.

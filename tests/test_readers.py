@@ -148,10 +148,7 @@ def test_ct_series_folder_is_sorted_by_position() -> None:
     assert volume.array.shape == (20, 512, 512)
     assert volume.spacing == pytest.approx((2.0, 0.9765625, 0.9765625))
     assert volume.meta["format"] == "dicom-series" and volume.meta["files"] == 20
-    z = {
-        f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
-        for f in CT_SERIES.iterdir()
-    }
+    z = {f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in CT_SERIES.iterdir()}
     lowest, highest = min(z, key=z.get), max(z, key=z.get)
     np.testing.assert_array_equal(volume.array[0], read_image(lowest).array)
     np.testing.assert_array_equal(volume.array[-1], read_image(highest).array)

@@ -70,9 +70,7 @@ class Image:
 
     def __post_init__(self) -> None:
         if self.array.dtype != np.float32 or self.array.ndim not in (2, 3):
-            raise ValueError(
-                f"Image.array must be 2-D or 3-D float32, got {self.array.dtype} {self.array.shape}"
-            )
+            raise ValueError(f"Image.array must be 2-D or 3-D float32, got {self.array.dtype} {self.array.shape}")
         if len(self.spacing) != self.array.ndim:
             raise ValueError(f"Image.spacing {self.spacing} does not match array shape {self.array.shape}")
 
@@ -116,9 +114,7 @@ def read_image(path: str | Path, *, voi: bool | None = None) -> Image:
     if head.startswith(_TIFF_MAGICS):
         return _read_tiff(path)
     if suffix in _PIL_SUFFIXES or suffix in _TIFF_SUFFIXES:
-        raise DataError(
-            f"not a valid {suffix[1:].upper()} image: the content has no image signature", path=path
-        )
+        raise DataError(f"not a valid {suffix[1:].upper()} image: the content has no image signature", path=path)
     if suffix in _DICOM_SUFFIXES or suffix[1:].isdigit():
         return _read_dicom_file(path, voi, force=True)
     raise DataError(f"unsupported file type {suffix!r}; supported: {_SUPPORTED}", path=path)
@@ -187,9 +183,7 @@ def _read_tiff(path: Path) -> Image:
         arr = raw.astype(np.float32)
     arr = np.squeeze(arr) if arr.ndim > 2 else arr
     if arr.ndim not in (2, 3):
-        raise DataError(
-            f"TIFF with axes {axes!r} and shape {raw.shape} is not a 2-D image or 3-D stack", path=path
-        )
+        raise DataError(f"TIFF with axes {axes!r} and shape {raw.shape} is not a 2-D image or 3-D stack", path=path)
 
     value_range = (0.0, float(np.iinfo(raw.dtype).max)) if raw.dtype.kind == "u" else None
     inverted = photometric == tifffile.PHOTOMETRIC.MINISWHITE
@@ -453,9 +447,7 @@ def _read_dicom_series(folder: Path, voi: bool | None) -> Image:
         file, ds = slices[int(index)]
         values, slice_meta = _dicom_values(ds, file, voi)
         if values.ndim != 2:
-            raise DataError(
-                "series folder contains a multi-frame or colour file; expected grey slices", path=file
-            )
+            raise DataError("series folder contains a multi-frame or colour file; expected grey slices", path=file)
         if planes and values.shape != planes[0].shape:
             raise DataError(f"slice shape {values.shape} differs from {planes[0].shape}", path=file)
         planes.append(values)

@@ -77,9 +77,7 @@ def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def rates_from_counts(
-    tp: ArrayLike, fp: ArrayLike, fn: ArrayLike, tn: ArrayLike
-) -> dict[str, np.ndarray]:
+def rates_from_counts(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike, tn: ArrayLike) -> dict[str, np.ndarray]:
     """Derive threshold metrics from confusion counts (scalars or arrays, e.g. one per bootstrap replicate).
 
     Counts may be non-integer weights. F1 is ``2tp / (2tp + fp + fn)``, so it is 0 (not NaN) when positives

@@ -24,9 +24,7 @@ def _is_scalar_number(value: Any) -> bool:
     return isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
 
 
-def aggregate_folds(
-    fold_metrics: Sequence[dict[str, Any]], pooled: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def aggregate_folds(fold_metrics: Sequence[dict[str, Any]], pooled: dict[str, Any] | None = None) -> dict[str, Any]:
     """Mean, sample SD (ddof=1), min and max of every scalar metric over folds.
 
     Args:

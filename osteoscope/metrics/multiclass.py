@@ -62,9 +62,7 @@ def check_multiclass_inputs(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.nd
     return labels, p
 
 
-def multiclass_metrics(
-    y_true: ArrayLike, y_prob: ArrayLike, class_names: list[str] | None = None
-) -> dict[str, Any]:
+def multiclass_metrics(y_true: ArrayLike, y_prob: ArrayLike, class_names: list[str] | None = None) -> dict[str, Any]:
     """Accuracy, one-vs-rest AUCs and per-class sensitivity/specificity of a K-class classifier.
 
     Args:
@@ -94,14 +92,16 @@ def multiclass_metrics(
         fp = int(matrix[:, c].sum()) - tp
         tn = n - tp - fn - fp
         rates = rates_from_counts(tp, fp, fn, tn)
-        per_class.append({
-            "class": c,
-            "name": names[c],
-            "n": tp + fn,
-            "auc": roc_auc((y == c).astype(np.int64), p[:, c]),
-            "sensitivity": float(rates["sensitivity"]),
-            "specificity": float(rates["specificity"]),
-        })
+        per_class.append(
+            {
+                "class": c,
+                "name": names[c],
+                "n": tp + fn,
+                "auc": roc_auc((y == c).astype(np.int64), p[:, c]),
+                "sensitivity": float(rates["sensitivity"]),
+                "specificity": float(rates["specificity"]),
+            }
+        )
     aucs = [row["auc"] for row in per_class if not np.isnan(row["auc"])]
     return {
         "n": n,
