@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-from osteoscope.models import ast, timm_baselines
-from osteoscope.models.registry import create_model, list_models, register_model
+from osteoscope.models import adapters, ast, timm_baselines
+from osteoscope.models.registry import (
+    build_model,
+    create_model,
+    get_model_factory,
+    list_model_prefixes,
+    list_models,
+    register_model,
+    register_model_prefix,
+)
 
-__all__ = ["ast", "create_model", "list_models", "register_model", "timm_baselines"]
+__all__ = [
+    "adapters",
+    "ast",
+    "build_model",
+    "create_model",
+    "get_model_factory",
+    "list_model_prefixes",
+    "list_models",
+    "register_model",
+    "register_model_prefix",
+    "timm_baselines",
+]

@@ -1,7 +1,14 @@
-"""Model registry in the timm style: ``@register_model(name)`` on a factory, ``create_model(name, **kw)``."""
+"""Model registry in the timm style: ``@register_model(name)`` on a factory, ``create_model(name, **kw)``.
+
+Besides plain names, a *prefix* family can be registered (``@register_model_prefix("timm", ...)``):
+``create_model("timm:resnet18", **kw)`` then calls that family's factory as ``factory("resnet18", **kw)``.
+Such a factory covers an open set of names (every timm model, every MONAI network), so its names are
+not listed one by one; ``list_models(include_prefixes=True)`` adds one placeholder line per family.
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -11,6 +18,7 @@ from torch import nn
 from osteoscope.errors import ConfigError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_PREFIXES: dict[str, tuple[Callable[..., nn.Module], str]] = {}
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -27,21 +35,75 @@ def register_model(name: str) -> Callable[[F], F]:
     return decorator
 
 
-def list_models() -> list[str]:
-    """Return the registered model names, sorted."""
-    return sorted(_MODELS)
+def register_model_prefix(prefix: str, placeholder: str) -> Callable[[F], F]:
+    """Register ``factory(name, **kw)`` for every model name of the form ``"<prefix>:<name>"``.
+
+    Args:
+        prefix: The family prefix, without the colon (e.g. ``"timm"``).
+        placeholder: What may follow the colon, shown by ``list_models(include_prefixes=True)``
+            as ``"<prefix>:<placeholder>"`` (e.g. ``"<any timm model>"``).
+    """
+    if not prefix or ":" in prefix:
+        raise ValueError(f"invalid model prefix {prefix!r}")
+
+    def decorator(factory: F) -> F:
+        if prefix in _PREFIXES and _PREFIXES[prefix][0] is not factory:
+            raise ConfigError(f"model prefix {prefix!r} is already registered")
+        _PREFIXES[prefix] = (factory, placeholder)
+        return factory
+
+    return decorator
+
+
+def list_model_prefixes() -> list[str]:
+    """Return one line per prefix family, e.g. ``"timm:<any timm model>"``, sorted."""
+    return sorted(f"{prefix}:{placeholder}" for prefix, (_, placeholder) in _PREFIXES.items())
+
+
+def list_models(include_prefixes: bool = False) -> list[str]:
+    """Return the registered model names, sorted; then the prefix families' lines if asked for."""
+    names = sorted(_MODELS)
+    return names + list_model_prefixes() if include_prefixes else names
+
+
+def get_model_factory(name: str) -> Callable[..., nn.Module]:
+    """Return the callable ``create_model(name, ...)`` would call, so callers can inspect its signature.
+
+    For ``"<prefix>:<rest>"`` this is the family factory with ``rest`` bound as its first argument
+    (a ``functools.partial``; ``inspect.signature`` of it shows the remaining keyword parameters).
+
+    Raises:
+        ConfigError: If the name or prefix is unknown, or nothing follows the prefix's colon.
+    """
+    if name in _MODELS:
+        return _MODELS[name]
+    prefix, sep, rest = name.partition(":")
+    if sep:
+        if prefix not in _PREFIXES:
+            raise ConfigError(
+                f"unknown model prefix {prefix + ':'!r} in {name!r}; known prefixes: "
+                f"{', '.join(p + ':' for p in sorted(_PREFIXES)) or 'none'}"
+            )
+        if not rest:
+            raise ConfigError(f"model {name!r} names no model after {prefix + ':'!r}")
+        return functools.partial(_PREFIXES[prefix][0], rest)
+    known = ", ".join(list_models(include_prefixes=True))
+    raise ConfigError(f"unknown model {name!r}; known models: {known}")
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name`` with keyword arguments checked against its factory.
+    """Build the model ``name`` with keyword arguments checked against its factory.
+
+    ``name`` is a registered name or ``"<prefix>:<name>"`` of a registered prefix family; a family
+    factory checks its own keywords (raising ``ConfigError`` too).
 
     Raises:
         ConfigError: If the name is unknown (the message lists the known names) or a keyword is not
             accepted by the factory (the message names it and lists the accepted ones).
     """
+    factory = get_model_factory(name)
     if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    factory = _MODELS[name]
+        return factory(**kwargs)
     params = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         bad = sorted(set(kwargs) - set(params))
@@ -51,6 +113,24 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
                 f"accepted arguments: {', '.join(params)}"
             )
     return factory(**kwargs)
+
+
+def build_model(name: str, defaults: Mapping[str, Any], options: Mapping[str, Any]) -> nn.Module:
+    """Build ``name`` from the engine's standard arguments and the user's options.
+
+    ``defaults`` (``in_chans``, ``num_classes`` or ``out_chans``, ``img_size``, ``spatial_dims``, ``preset``,
+    ...) describe the task's data and head; each factory gets those among them that it names as parameters,
+    so one task serves models with different needs. ``options`` (the config's ``model.options``) are passed
+    as given and override the defaults; a factory that does not take one raises a ConfigError naming it.
+    """
+    factory = get_model_factory(name)
+    named = {
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    kwargs = {key: value for key, value in defaults.items() if key in named}
+    return create_model(name, **{**kwargs, **options})
 
 
 def resolve_preset(
