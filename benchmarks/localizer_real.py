@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from osteoscope.data.localize import Box, HeadLocalizer, fit_localizer, locate_heads
 from osteoscope.data.readers import read_image
 from osteoscope.phantoms.onfh_xray import generate
+from osteoscope.tasks.onfh_xray.localizer import Box, HeadLocalizer, fit_localizer, locate_heads
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ddh-pelvis-xray"
 
@@ -171,7 +171,7 @@ def main() -> None:
         train_s = time.perf_counter() - start
         phantom = _phantom_errors(model, test_dir)
     if args.save is not None:
-        from osteoscope.data.localize import save_localizer
+        from osteoscope.tasks.onfh_xray.localizer import save_localizer
 
         save_localizer(model, args.save)
     result = {

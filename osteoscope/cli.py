@@ -55,37 +55,106 @@ def phantom(
         typer.echo(f"contact sheet: {contact_sheet(out, preview)}")
 
 
-@app.command()
-def train(
-    config: Annotated[Path | None, typer.Option(help="YAML experiment config (see configs/).")] = None,
-    data: Annotated[Path | None, typer.Option(help="Dataset folder (overrides data.path).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (overrides model.name).")] = None,
-    preset: Annotated[str | None, typer.Option(help="Model size preset: tiny, small, base.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Overrides train.epochs.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Overrides train.seed.")] = None,
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/latest"),
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Any config value: section.key=value.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
-    skip_bad: Annotated[bool, typer.Option(help="Skip unreadable cases (listed in the log).")] = False,
-) -> None:
-    """Train a model; the final config, split, log and checkpoints go to the run directory."""
+def _experiment(
+    config: Path | None,
+    data: Path | None,
+    model: str | None,
+    preset: str | None,
+    epochs: int | None,
+    seed: int | None,
+    set_: list[str] | None,
+    skip_bad: bool,
+    init_from: str | None = None,
+):
+    """The experiment config a command's options describe (file, shortcuts, then --set overrides)."""
     from osteoscope.config import load_config
-    from osteoscope.engine.trainer import train as run_training
 
-    overrides = list(set_ or [])
+    overrides = []
     for key, value in (
         ("data.path", data),
         ("model.name", model),
         ("model.preset", preset),
         ("train.epochs", epochs),
         ("train.seed", seed),
+        ("train.init_from", init_from),
     ):
         if value is not None:
             overrides.append(f"{key}={value}")
     if skip_bad:
         overrides.append("data.skip_bad=true")
-    cfg = load_config(config, overrides)
-    run_training(cfg, out, resume=resume)
+    return load_config(config, [*overrides, *(set_ or [])])
+
+
+ConfigOption = Annotated[Path | None, typer.Option(help="YAML experiment config (see configs/).")]
+DataOption = Annotated[Path | None, typer.Option(help="Dataset folder (overrides data.path).")]
+ModelOption = Annotated[str | None, typer.Option(help="Model: registered name, timm:<name> or monai:<name>.")]
+PresetOption = Annotated[str | None, typer.Option(help="Model size preset: tiny, small, base.")]
+EpochsOption = Annotated[int | None, typer.Option(help="Overrides train.epochs.")]
+SeedOption = Annotated[int | None, typer.Option(help="Overrides train.seed.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Any config value: section.key=value.")]
+SkipBadOption = Annotated[bool, typer.Option(help="Skip unreadable cases (listed in the log).")]
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    data: DataOption = None,
+    model: ModelOption = None,
+    preset: PresetOption = None,
+    epochs: EpochsOption = None,
+    seed: SeedOption = None,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/latest"),
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    skip_bad: SkipBadOption = False,
+    init_from: Annotated[
+        str | None, typer.Option(help="Start from an earlier run's weights: RUN[:PREFIX] or RUN:PREFIX=NEW.")
+    ] = None,
+) -> None:
+    """Train a model; the final config, split, log and checkpoints go to the run directory."""
+    from osteoscope.engine.trainer import train as run_training
+
+    run_training(_experiment(config, data, model, preset, epochs, seed, set_, skip_bad, init_from), out, resume=resume)
+
+
+@app.command()
+def kfold(
+    config: ConfigOption = None,
+    data: DataOption = None,
+    model: ModelOption = None,
+    preset: PresetOption = None,
+    epochs: EpochsOption = None,
+    seed: SeedOption = None,
+    k: Annotated[int, typer.Option(help="Number of patient-disjoint folds.")] = 5,
+    out: Annotated[Path, typer.Option(help="Folder of the fold runs (fold-1 ... fold-K) and the summary.")] = Path(
+        "runs/kfold"
+    ),
+    set_: SetOption = None,
+    skip_bad: SkipBadOption = False,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 2000,
+) -> None:
+    """K-fold cross-validation by patient: every case scored once out of fold; resumes what exists."""
+    from osteoscope.engine.kfold import cross_validate
+
+    cross_validate(_experiment(config, data, model, preset, epochs, seed, set_, skip_bad), out, k, n_boot=n_boot)
+    typer.echo((out / "report.md").read_text())
+
+
+@app.command()
+def study(
+    file: Annotated[Path, typer.Argument(help="Study YAML: task, shared budget, tuning grid, models.")],
+    out: Annotated[Path, typer.Option(help="Study folder (one run folder per model and grid point).")] = Path(
+        "runs/study"
+    ),
+    data: DataOption = None,
+    threads: Annotated[int, typer.Option(help="CPU threads of the cost measurement (0 = torch default).")] = 0,
+) -> None:
+    """Compare models on one split with an equal tuning budget: test metrics, paired tests, compute cost."""
+    from osteoscope.engine.study import load_study, run_study
+
+    overrides = {"data": {"path": str(data)}} if data is not None else {}
+    run_study(load_study(file, overrides), out, threads=threads)
+    typer.echo((out / "report.md").read_text())
 
 
 @app.command()
@@ -102,32 +171,56 @@ def evaluate(
     from osteoscope.engine.runs import setup_logging
 
     setup_logging()
-    result = evaluate_run(run, data, split=split, out_dir=out, n_boot=n_boot, skip_bad=skip_bad)
-    typer.echo(Path(result["plots"]["roc"]).with_name("report.md").read_text())
+    evaluate_run(run, data, split=split, out_dir=out, n_boot=n_boot, skip_bad=skip_bad)
+    typer.echo(((out or run / f"eval-{split}") / "report.md").read_text())
 
 
-def _parse_box(text: str | None) -> tuple[int, ...] | None:
-    from osteoscope.data.manifest import parse_box
-
-    return parse_box(text, case_id="command line", column="box") if text else None
+def _named(items: list[str] | None, what: str) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict; a bare ``VALUE`` gets the key ``""`` (the task's default)."""
+    named: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            key, value = "", item
+        if key in named:
+            raise OsteoscopeError(f"{what} {key or '(default)'} is given twice")
+        named[key] = value
+    return named
 
 
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
-    images: Annotated[list[Path], typer.Argument(help="Radiographs (DICOM, PNG, JPEG, TIFF).")],
-    localizer: Annotated[Path | None, typer.Option(help="Head-localiser weights (default RUN/localizer.pt).")] = None,
-    box_left: Annotated[str | None, typer.Option(help="Patient-left head box 'x0 y0 x1 y1'.")] = None,
-    box_right: Annotated[str | None, typer.Option(help="Patient-right head box 'x0 y0 x1 y1'.")] = None,
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Single-image studies: radiographs, CT files or DICOM series folders.")
+    ] = None,
+    image: Annotated[
+        list[str] | None, typer.Option(help="An image of one multi-image study: NAME=FILE, e.g. T1=a.dcm.")
+    ] = None,
+    mask: Annotated[list[str] | None, typer.Option(help="A mask: FILE, or NAME=FILE (e.g. rough=m.png).")] = None,
+    box: Annotated[
+        list[str] | None, typer.Option(help="A box: 'x0 y0 x1 y1' (3-D: 6 numbers), or NAME=..., e.g. left=...")
+    ] = None,
+    localizer: Annotated[
+        Path | None, typer.Option(help="onfh-xray: head-localiser weights (default RUN/localizer.pt).")
+    ] = None,
 ) -> None:
-    """Print, as JSON, the ONFH probability and per-side scores of each image."""
+    """Print, as JSON, the scores of each study (the same columns as the evaluation's predictions.csv)."""
+    from osteoscope.data.manifest import parse_box
     from osteoscope.engine.predict import predict_images
 
-    left, right = _parse_box(box_left), _parse_box(box_right)
-    if (left is None) != (right is None):
-        raise OsteoscopeError("give both --box-left and --box-right, or neither")
-    boxes = (left, right) if left is not None and right is not None else None
-    typer.echo(json.dumps(predict_images(run, images, localizer=localizer, boxes=boxes), indent=2))
+    boxes = {
+        k: parse_box(v, case_id="command line", column=f"box {k}".strip()) for k, v in _named(box, "--box").items()
+    }
+    results = predict_images(
+        run,
+        images or [],
+        named=_named(image, "--image"),
+        masks=_named(mask, "--mask"),
+        boxes=boxes,
+        files={"localizer": localizer} if localizer else {},
+    )
+    typer.echo(json.dumps(results, indent=2))
 
 
 @localizer_app.command("train")
@@ -138,7 +231,7 @@ def localizer_train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the femoral-head localiser on the boxes of a dataset."""
-    from osteoscope.engine.localizer import train_localizer_on_manifest
+    from osteoscope.tasks.onfh_xray.localizer import train_localizer_on_manifest
 
     train_localizer_on_manifest(data, out, epochs=epochs, seed=seed)
     typer.echo(f"wrote {out}")
@@ -148,10 +241,10 @@ def localizer_train(
 def demo(
     out: Annotated[Path, typer.Option(help="Demo folder: data, runs, report.")] = Path("runs/demo"),
     n: Annotated[int, typer.Option(help="Phantom studies to generate.")] = 1000,
-    epochs: Annotated[int, typer.Option(help="Epochs per model (same budget for both).")] = 40,
+    epochs: Annotated[int, typer.Option(help="Epochs per run (same budget for both models).")] = 30,
     subtlety: Annotated[float, typer.Option(help="Phantom lesion subtlety, 0 obvious .. 1 hardest.")] = 0.75,
 ) -> None:
-    """Phantom data -> AsT and ViT trained alike -> both evaluated on held-out patients, side by side."""
+    """Phantom data -> a study of AsT vs ViT (same split, budget, lr grid) -> held-out comparison, predict."""
     from osteoscope.demo import run_demo
 
     run_demo(out, n=n, epochs=epochs, subtlety=subtlety)
@@ -162,15 +255,20 @@ def list_models_command() -> None:
     """List the registered models."""
     from osteoscope.models import list_models
 
-    typer.echo("\n".join(list_models()))
+    typer.echo("\n".join(list_models(include_prefixes=True)))
 
 
 @app.command("tasks")
-def list_tasks_command() -> None:
-    """List the tasks."""
-    from osteoscope.tasks import TASKS
+def list_tasks_command(
+    options: Annotated[bool, typer.Option(help="Also list each task's data and loss options with defaults.")] = False,
+) -> None:
+    """List the tasks (and their options)."""
+    from osteoscope.tasks import task_classes
 
-    typer.echo("\n".join(f"{t.name}: {t.description}" for t in TASKS.values()))
+    for name, task in task_classes().items():
+        typer.echo(f"{name}: {task.description} (default model {task.default_model})")
+        if options:
+            typer.echo("".join(f"    {line}\n" for line in task().option_lines()), nl=False)
 
 
 def main() -> None:

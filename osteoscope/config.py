@@ -10,61 +10,69 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from osteoscope.errors import ConfigError
 
+T = TypeVar("T")
+
 
 @dataclass
 class DataConfig:
-    """Where the data is and how it becomes tensors.
+    """Where the data is, how patients are split, and the task's own data options.
 
     Attributes:
         path: Dataset folder holding manifest.csv.
-        roi_size: Side of each femoral-head ROI after resizing, in pixels.
-        mirror_right: Mirror the patient's right ROI so both heads face the same way.
-        box_jitter: Training-time random shift/scale of the ROI boxes, as a fraction of the box size.
+        options: The task's sample-builder options (ROI size, window, views, ...); each task lists its own
+            (``osteoscope tasks --options``) and an unknown key is an error naming the known ones.
         split_fractions: Train, validation and test shares of patients.
         split_seed: Seed of the patient-level split.
         skip_bad: Skip unreadable cases (listed in the run log) instead of stopping.
         num_workers: DataLoader worker processes (0 = load in the main process).
-        cache: Keep each case's decoded head regions in memory after the first read (about 0.3 MB a case).
+        cache_mb: Memory for decoded, cropped and resampled cases kept between epochs (0 = off); each
+            DataLoader worker process holds its own copy.
     """
 
     path: str = ""
-    roi_size: int = 64
-    mirror_right: bool = True
-    box_jitter: float = 0.05
+    options: dict[str, Any] = field(default_factory=dict)
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     split_seed: int = 0
     skip_bad: bool = False
     num_workers: int = 0
-    cache: bool = True
+    cache_mb: float = 2048.0
 
 
 @dataclass
 class ModelConfig:
-    """Which registered model to build (see ``osteoscope.models.list_models``) and its size."""
+    """Which model to build and its size.
 
-    name: str = "ast"
+    Attributes:
+        name: A registered name (``osteoscope models``), ``timm:<name>`` or ``monai:<name>``; empty means
+            the task's default model.
+        preset: Size preset of models that have them (``tiny``, ``small``, ``base``).
+        options: Further keyword arguments of the model factory (e.g. ``pretrained_path``).
+    """
+
+    name: str = ""
     preset: str = "small"
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class LossConfig:
-    """Weights of the bilateral loss: difference loss (AsT Eq. 3), its margin m, and the per-side term."""
+    """The task's loss options (e.g. AsT's difference-loss weight); each task lists its own."""
 
-    diff_weight: float = 0.1
-    margin: float = 1.0
-    side_weight: float = 0.5
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation: AdamW with linear warm-up then cosine decay, early stopping on validation AUC.
+    """Optimisation: AdamW with linear warm-up then cosine decay, early stopping on the task's monitor.
+
+    The monitor follows the task's head: validation AUC (binary), macro one-vs-rest AUROC (multi-class),
+    mAP (multi-label), or the validation loss (pretext stages).
 
     Attributes:
         epochs: Maximum number of epochs.
@@ -73,8 +81,10 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         warmup_epochs: Epochs of linear warm-up.
         schedule: ``cosine`` or ``constant`` after warm-up.
-        patience: Stop after this many epochs without a better validation AUC (0 = never stop early).
+        patience: Stop after this many epochs without a better monitored value (0 = never stop early).
         seed: Seed of weights, shuffling and augmentation.
+        init_from: ``RUN[:PREFIX]`` or ``RUN:PREFIX=NEW``: start from the best weights of an earlier run,
+            the tensors whose keys start with PREFIX (all when omitted), renamed to NEW when given.
         device: ``auto`` (CUDA if present, else CPU), ``cpu`` or ``cuda``.
         amp: Mixed precision on CUDA (ignored on CPU).
         channels_last: Channels-last memory format on CUDA (ignored on CPU).
@@ -89,6 +99,7 @@ class TrainConfig:
     schedule: str = "cosine"
     patience: int = 8
     seed: int = 0
+    init_from: str = ""
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
@@ -121,6 +132,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
         elif isinstance(default, tuple):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where}.{name} must be a list like {list(default)}, got {value!r}")
             kwargs[name] = tuple(value)
         elif isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}.{name} must be true or false, got {value!r}")
@@ -136,6 +149,17 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """Build a validated :class:`ExperimentConfig` from plain data."""
     return _build(ExperimentConfig, values, "")
+
+
+def parse_options(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """Fill an options dataclass (a task's data or loss options) with the same strict checks as the config.
+
+    Args:
+        cls: The dataclass; every field needs a default.
+        values: The options given in the config (``data.options``, ``loss.options``).
+        where: Dotted name of the section, used in error messages.
+    """
+    return _build(cls, values, where)
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:

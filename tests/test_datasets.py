@@ -11,15 +11,17 @@ import torch
 from PIL import Image as PILImage
 from torch.utils.data import DataLoader
 
+from osteoscope.data.augment import SpatialAugmentation
+from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import (
+    Augmentation,
     BilateralRois,
     CaseDataset,
-    ImageWithMask,
     MultiProtocol,
     SingleImage,
     VolumeWithMask,
 )
-from osteoscope.data.manifest import load_manifest
+from osteoscope.data.manifest import Case, load_manifest
 from osteoscope.data.transforms import crop
 from osteoscope.errors import DataError
 
@@ -35,6 +37,10 @@ def nifti(path: Path, array: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(array.astype(np.float32), np.diag([1.5, 1.5, 2.0, 1.0])), path)
 
 
+def binary(case: Case) -> torch.Tensor:
+    return torch.tensor(float(case.labels["label"]))
+
+
 def batch_of(root: Path, builder, n: int = 2) -> dict[str, torch.Tensor]:
     dataset = CaseDataset(load_manifest(root).cases, builder)
     return next(iter(DataLoader(dataset, batch_size=n)))
@@ -44,7 +50,7 @@ def test_single_image(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     rows = [f"c{i},p{i},{png(tmp_path / f'{i}.png', rng.integers(0, 4000, (40, 30)))},{i % 2}" for i in range(2)]
     (tmp_path / "manifest.csv").write_text("case_id,patient_id,image,label\n" + "\n".join(rows))
-    batch = batch_of(tmp_path, SingleImage(size=(32, 24)))
+    batch = batch_of(tmp_path, SingleImage(size=(32, 24), target=binary))
     assert batch["image"].shape == (2, 1, 32, 24)
     assert batch["label"].tolist() == [0.0, 1.0]
 
@@ -59,7 +65,7 @@ def test_bilateral_rois_mirror_right_head(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text(
         "case_id,patient_id,image,label,side,box_left,box_right\nc1,p1,a.png,1,left,70 20 90 40,10 20 30 40\n"
     )
-    batch = batch_of(tmp_path, BilateralRois(size=20), n=1)
+    batch = batch_of(tmp_path, BilateralRois(size=20, target=binary), n=1)
     assert batch["left"].shape == batch["right"].shape == (1, 1, 20, 20)
     # after mirroring both heads face the same way: identical ROIs
     assert torch.allclose(batch["left"], batch["right"], atol=1e-5)
@@ -106,11 +112,18 @@ def test_multi_protocol_with_one_missing(tmp_path: Path) -> None:
         names[3] = "" if i == 0 else names[3]
         rows.append(f"c{i},p{i},{i + 1}," + ",".join(names))
     (tmp_path / "manifest.csv").write_text(header + "\n" + "\n".join(rows))
-    batch = batch_of(tmp_path, MultiProtocol(columns=tuple(columns), size=(16, 16)))
+    stage = lambda case: torch.tensor(case.labels["label"])  # noqa: E731
+    batch = batch_of(tmp_path, MultiProtocol(columns=tuple(columns), size=(16, 16), stack="protocols", target=stage))
     assert batch["image"].shape == (2, 5, 1, 16, 16)
     assert batch["present"].tolist() == [[True, True, True, False, True], [True] * 5]
     assert batch["image"][0, 3].abs().sum() == 0
     assert batch["label"].dtype == torch.long and batch["label"].tolist() == [1, 2]
+    # as channels of one image for a plain CNN: five images, then one constant present-plane per protocol
+    channels = batch_of(tmp_path, MultiProtocol(columns=tuple(columns), size=(16, 16), stack="channels"))
+    assert channels["image"].shape == (2, 10, 16, 16)
+    assert torch.equal(channels["image"][:, :5], batch["image"][:, :, 0])
+    planes = channels["image"][:, 5:]
+    assert torch.equal(planes, channels["present"].float()[:, :, None, None].expand_as(planes))
 
 
 def test_multilabel_image_with_rough_mask(tmp_path: Path) -> None:
@@ -123,7 +136,8 @@ def test_multilabel_image_with_rough_mask(tmp_path: Path) -> None:
         mask = png(tmp_path / f"{i}_m.png", (rng.random((40, 48)) > 0.5) * 255)
         rows.append(f"c{i},p{i},{image},{mask}," + ",".join(str((i + k) % 2) for k in range(6)))
     (tmp_path / "manifest.csv").write_text(header + "\n" + "\n".join(rows))
-    batch = batch_of(tmp_path, ImageWithMask(label_columns=tuple(labels), size=(32, 32)))
+    target = lambda case: torch.tensor([float(case.labels[c]) for c in labels])  # noqa: E731
+    batch = batch_of(tmp_path, SingleImage(mask_column="mask_rough", size=(32, 32), target=target))
     assert batch["image"].shape == batch["mask"].shape == (2, 1, 32, 32)
     assert batch["label"].tolist() == [[0, 1, 0, 1, 0, 1], [1, 0, 1, 0, 1, 0]]
     assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
@@ -164,3 +178,101 @@ def test_volume_keeps_physical_aspect_and_pads(tmp_path: Path) -> None:
     s = stretched["mask"][0, 0].numpy()
     s_extents = [np.ptp(np.flatnonzero(s.any(axis=tuple(a for a in range(3) if a != k)))) + 1 for k in range(3)]
     assert max(s_extents) - min(s_extents) > 2
+
+
+def _blob_case(tmp_path: Path) -> Path:
+    """One image with an off-centre bright blob and the blob's mask."""
+    yy, xx = np.mgrid[:48, :48]
+    blob = ((yy - 14) ** 2 + (xx - 30) ** 2 <= 36).astype(np.float32)
+    png(tmp_path / "i.png", 500 + 3000 * blob)
+    png(tmp_path / "m.png", 255 * blob)
+    (tmp_path / "manifest.csv").write_text("case_id,patient_id,image,mask_rough,label\nc1,p1,i.png,m.png,1\n")
+    return tmp_path
+
+
+def test_augmentation_moves_image_and_mask_alike(tmp_path: Path) -> None:
+    spatial = SpatialAugmentation(flip_axes=(0, 1), rotate_deg=40, scale=0.2, translate=0.2)
+    builder = SingleImage(size=(48, 48), mask_column="mask_rough", augmentation=Augmentation(spatial=spatial))
+    dataset = CaseDataset(load_manifest(_blob_case(tmp_path)).cases, builder, augment=True, seed=3)
+    moved = 0
+    for dataset.epoch in range(12):
+        sample = dataset[0]
+        image, mask = sample["image"][0].numpy(), sample["mask"][0].numpy()
+        assert set(np.unique(mask)) <= {0.0, 1.0}  # nearest neighbour keeps the mask binary
+        bright = image > image.mean() + image.std()
+        assert bright.any() and mask.any()
+        overlap = (bright & (mask > 0)).sum() / bright.sum()
+        assert overlap > 0.8, overlap  # the bright blob is still where the mask says
+        moved += not np.array_equal(mask, dataset.builder.decode(dataset.cases[0])["mask"])
+    assert moved >= 10  # the draws really move the sample
+
+
+@pytest.mark.parametrize("kind", ["single", "volume", "protocols", "bilateral"])
+def test_every_builder_augments_reproducibly(tmp_path: Path, kind: str) -> None:
+    rng = np.random.default_rng(4)
+    augmentation = Augmentation(spatial=SpatialAugmentation(rotate_deg=20, translate=0.1))
+    if kind == "volume":
+        nifti(tmp_path / "ct.nii.gz", rng.normal(0, 100, (12, 12, 12)))
+        (tmp_path / "manifest.csv").write_text("case_id,patient_id,image,label\nc1,p1,ct.nii.gz,1\n")
+        builder = VolumeWithMask(size=(12, 12, 12), window=None, augmentation=augmentation)
+    elif kind == "bilateral":
+        png(tmp_path / "a.png", rng.integers(0, 4000, (60, 100)))
+        (tmp_path / "manifest.csv").write_text(
+            "case_id,patient_id,image,label,box_left,box_right\nc1,p1,a.png,1,70 20 90 40,10 20 30 40\n"
+        )
+        builder = BilateralRois(size=16)
+    else:
+        png(tmp_path / "a.png", rng.integers(0, 4000, (24, 24)))
+        header = "image" if kind == "single" else "image_t1"
+        (tmp_path / "manifest.csv").write_text(f"case_id,patient_id,{header},label\nc1,p1,a.png,1\n")
+        builder = (
+            SingleImage(size=(24, 24), augmentation=augmentation)
+            if kind == "single"
+            else MultiProtocol(columns=("image_t1",), size=(24, 24), augmentation=augmentation)
+        )
+    dataset = CaseDataset(load_manifest(tmp_path).cases, builder, augment=True, seed=1)
+    key = "left" if kind == "bilateral" else "image"
+    first = [dataset[0][key] for dataset.epoch in range(3)]
+    again = [dataset[0][key] for dataset.epoch in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # same (seed, epoch, index)
+    assert not torch.equal(first[0], first[1])  # another epoch, another draw
+    plain = CaseDataset(dataset.cases, builder)[0][key]
+    assert not torch.equal(plain, first[0])  # evaluation sees the unaugmented sample
+
+
+def test_pretext_target_moves_with_the_protocols(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[:32, :32]
+    png(tmp_path / "t1.png", 100 + 2000 * ((yy - 10) ** 2 + (xx - 20) ** 2 < 30))
+    (tmp_path / "manifest.csv").write_text("case_id,patient_id,image_t1,image_ct\nc1,p1,t1.png,t1.png\n")
+    spatial = SpatialAugmentation(rotate_deg=45, translate=0.2)
+    builder = MultiProtocol(
+        columns=("image_t1",),
+        size=(32, 32),
+        present_planes=False,
+        target_column="image_ct",
+        augmentation=Augmentation(spatial=spatial, intensity=0.0),
+    )
+    dataset = CaseDataset(load_manifest(tmp_path).cases, builder, augment=True, seed=2)
+    for dataset.epoch in range(4):
+        sample = dataset[0]
+        assert torch.allclose(sample["image"][0], sample["label"][0], atol=1e-5)  # one draw for input and target
+
+
+def test_cache_decodes_each_case_once_and_says_when_full(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    rows = [f"c{i},p{i},{png(tmp_path / f'{i}.png', rng.integers(0, 4000, (40, 40)))},{i % 2}" for i in range(6)]
+    (tmp_path / "manifest.csv").write_text("case_id,patient_id,image,label\n" + "\n".join(rows))
+    cases = load_manifest(tmp_path).cases
+    cache = DecodedCache(2**20)
+    augmentation = Augmentation(spatial=SpatialAugmentation(rotate_deg=10))
+    dataset = CaseDataset(cases, SingleImage(size=(32, 32), augmentation=augmentation, cache=cache), augment=True)
+    for dataset.epoch in range(3):
+        [dataset[i] for i in range(len(cases))]
+    assert cache.misses == len(cases) and cache.hits == 2 * len(cases)  # later epochs never decode again
+    messages: list[str] = []
+    small = DecodedCache(3 * 32 * 32 * 4, on_full=messages.append)  # room for three decoded images
+    dataset = CaseDataset(cases, SingleImage(size=(32, 32), cache=small))
+    for _ in range(2):
+        [dataset[i] for i in range(len(cases))]
+    assert len(small) == 3 and small.nbytes <= small.max_bytes
+    assert len(messages) == 1 and "cache full" in messages[0]

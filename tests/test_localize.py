@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from osteoscope.data.localize import (
+from osteoscope.errors import DataError
+from osteoscope.tasks.onfh_xray.localizer import (
     Box,
     HeadLocalizer,
     fit_localizer,
@@ -16,7 +17,6 @@ from osteoscope.data.localize import (
     locate_heads,
     save_localizer,
 )
-from osteoscope.errors import DataError
 
 H, W = 96, 120
 WORKING = (64, 80)

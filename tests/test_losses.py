@@ -32,14 +32,16 @@ def test_difference_loss_hinge_clamps_at_zero_for_large_positive_difference() ->
     assert difference_loss(left, right, torch.tensor([0]), margin=1.0).item() == pytest.approx(2.0)
 
 
-def _outputs(b: int = 3, with_side: bool = True, with_feat: bool = True) -> dict[str, torch.Tensor]:
+def _outputs(b: int = 3, with_side: bool = True, with_feat: bool = True) -> dict:
     g = torch.Generator().manual_seed(0)
     out = {"logits": torch.randn(b, generator=g)}
     if with_side:
         out["side_logits"] = torch.randn(b, 2, generator=g)
     if with_feat:
-        out["feat_left"] = torch.randn(b, 4, 2, 2, generator=g)
-        out["feat_right"] = torch.randn(b, 4, 2, 2, generator=g)
+        out["aux"] = {
+            "feat_left": torch.randn(b, 4, 2, 2, generator=g),
+            "feat_right": torch.randn(b, 4, 2, 2, generator=g),
+        }
     return out
 
 
@@ -54,7 +56,7 @@ def test_bilateral_loss_parts_and_masking() -> None:
     known = batch["side_label"] >= 0
     side = F.binary_cross_entropy_with_logits(out["side_logits"][known], batch["side_label"][known])
     bce = F.binary_cross_entropy_with_logits(out["logits"], batch["label"])
-    diff = difference_loss(out["feat_left"], out["feat_right"], batch["label"])
+    diff = difference_loss(out["aux"]["feat_left"], out["aux"]["feat_right"], batch["label"])
     assert parts["side"] == pytest.approx(side.item(), rel=1e-6)
     assert parts["bce"] == pytest.approx(bce.item(), rel=1e-6)
     assert parts["diff"] == pytest.approx(diff.item(), rel=1e-6)

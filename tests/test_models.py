@@ -89,14 +89,13 @@ def test_size_kwargs_override_the_preset() -> None:
 
 def test_ast_outputs_and_gradients() -> None:
     model = create_model("ast", preset="tiny", img_size=32)
-    assert model.input_keys == ("left", "right")
     left, right = _pair(b=3)
     out = model(left, right)
     assert out["logits"].shape == (3,)
     assert out["side_logits"].shape == (3, 2)
-    assert out["feat_left"].shape == out["feat_right"].shape == (3, 16, 4, 4)
-    assert out["attn_left"].shape == out["attn_right"].shape == (3, 1, 8, 8)
-    assert torch.all((out["attn_left"] > 0) & (out["attn_left"] < 1))
+    assert out["aux"]["feat_left"].shape == out["aux"]["feat_right"].shape == (3, 16, 4, 4)
+    assert out["maps"]["attn_left"].shape == out["maps"]["attn_right"].shape == (3, 1, 8, 8)
+    assert torch.all((out["maps"]["attn_left"] > 0) & (out["maps"]["attn_left"] < 1))
     loss, _ = BilateralLoss()(out, {"label": torch.tensor([0.0, 1.0, 1.0]), "side_label": torch.ones(3, 2)})
     loss.backward()
     assert model.sam.conv.weight.grad is not None and model.sam.conv.weight.grad.abs().sum() > 0
@@ -106,7 +105,6 @@ def test_ast_outputs_and_gradients() -> None:
 @pytest.mark.parametrize("name", ["vit", "swin"])
 def test_baseline_outputs(name: str) -> None:
     model = create_model(name, preset="tiny", img_size=32)
-    assert model.input_keys == ("left", "right")
     left, right = _pair(b=3)
     out = model(left, right)
     assert set(out) == {"logits"} and out["logits"].shape == (3,)
@@ -130,7 +128,7 @@ def test_ast_without_side_embedding_is_swap_equivariant(sharing: str) -> None:
         a, b = model(left, right), model(right, left)
     assert torch.allclose(a["side_logits"], b["side_logits"].flip(-1), atol=1e-5)
     assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
-    assert torch.allclose(a["attn_left"], b["attn_right"], atol=1e-6)
+    assert torch.allclose(a["maps"]["attn_left"], b["maps"]["attn_right"], atol=1e-6)
     assert not torch.allclose(a["side_logits"][:, 0], a["side_logits"][:, 1], atol=1e-4)
 
 
@@ -235,8 +233,9 @@ def test_pretrained_argument_combinations_are_checked(tmp_path: Path) -> None:
 def test_vit_loads_local_three_channel_weights(tmp_path: Path) -> None:
     torch.manual_seed(0)
     # same architecture as the tiny preset, but RGB, square 32x32 input and a 10-class head
-    src = VisionTransformer(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=32, depth=1,
-                            num_heads=2, mlp_ratio=2.0)
+    src = VisionTransformer(
+        img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0
+    )
     path = tmp_path / "vit_rgb.pth"
     torch.save({"state_dict": src.state_dict()}, path)
     net = create_model("vit", preset="tiny", img_size=32, pretrained_path=str(path)).net
@@ -251,8 +250,17 @@ def test_vit_loads_local_three_channel_weights(tmp_path: Path) -> None:
 
 def test_swin_loads_local_three_channel_safetensors(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    src = SwinTransformer(img_size=32, patch_size=4, in_chans=3, num_classes=10, window_size=4, embed_dim=16,
-                          depths=(1, 1), num_heads=(1, 2), mlp_ratio=2.0)
+    src = SwinTransformer(
+        img_size=32,
+        patch_size=4,
+        in_chans=3,
+        num_classes=10,
+        window_size=4,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        mlp_ratio=2.0,
+    )
     path = tmp_path / "swin_rgb.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
     net = create_model("swin", preset="tiny", img_size=32, pretrained_path=str(path)).net
@@ -266,8 +274,7 @@ def test_swin_loads_local_three_channel_safetensors(tmp_path: Path) -> None:
 
 
 def test_local_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
-    src = VisionTransformer(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=48, depth=1,
-                            num_heads=2)
+    src = VisionTransformer(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=48, depth=1, num_heads=2)
     path = tmp_path / "wider.pth"
     torch.save(src.state_dict(), path)
     with pytest.raises(ConfigError, match="do not fit"):

@@ -205,7 +205,7 @@ def test_volume_with_mask_loads_the_dicom_variant(crops: Pair) -> None:
     nifti, dicom = batches
     assert dicom["image"].shape == dicom["mask"].shape == (2, 1, 24, 24, 24)
     assert dicom["mask"].sum() > 0 and dicom["image"].std() > 0.1
-    for key in ("image", "mask", "label"):
+    for key in ("image", "mask"):
         assert (nifti[key] == dicom[key]).all()
 
 
@@ -218,6 +218,17 @@ def test_bad_options_are_config_errors(tmp_path: Path) -> None:
         generate(tmp_path / "c", 0)
     with pytest.raises(ConfigError):
         generate(tmp_path / "c", 2, subtlety=1.5)
+    with pytest.raises(ConfigError, match="voxel_scale"):
+        generate(tmp_path / "c", 2, voxel_scale=0.5)
+
+
+def test_voxel_scale_gives_the_same_cases_with_fewer_voxels(tmp_path: Path) -> None:
+    fine, coarse = (read_rows(generate(tmp_path / str(s), 2, seed=3, voxel_scale=s)) for s in (1.0, 3.0))
+    for a, b in zip(fine, coarse, strict=True):
+        assert (a["label"], a["stage"]) == (b["label"], b["stage"])  # the same patients and lesions
+        sa, sb = (read_image(tmp_path / d / r["image"]) for d, r in (("1.0", a), ("3.0", b)))
+        assert np.allclose(np.array(sb.spacing) / np.array(sa.spacing), 3.0, rtol=0.05)
+        assert sb.array.size * 20 < sa.array.size
 
 
 def _realism() -> ModuleType:

@@ -11,8 +11,9 @@ from helpers import box_of, read_rows
 from PIL import Image
 
 from osteoscope.errors import ConfigError
-from osteoscope.phantoms import PHANTOMS, generate_phantom
+from osteoscope.phantoms import generate_phantom
 from osteoscope.phantoms.onfh_xray import COLUMNS
+from osteoscope.tasks import task_classes
 
 SIZE = (192, 256)
 
@@ -210,7 +211,13 @@ def test_dicom_output(tmp_path: Path) -> None:
 
 
 def test_registry_and_errors(tmp_path: Path) -> None:
-    assert "onfh-xray" in PHANTOMS
+    assert set(task_classes()) == {
+        "onfh-xray",
+        "avnfh-ct",
+        "onfh-mr-staging",
+        "femur-fracture-xray",
+        "calcaneus-multilabel",
+    }
     with pytest.raises(ConfigError, match="onfh-xray"):
         generate_phantom("no-such-task", tmp_path, 1)
     with pytest.raises(ConfigError, match="colour"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_config(data: Path, epochs: int, **train: object) -> dict:
     return {
-        "data": {"path": str(data), "roi_size": 32},
+        "data": {"path": str(data), "options": {"roi_size": 32}},
         "model": {"name": "ast", "preset": "tiny"},
         "train": {"epochs": epochs, "batch_size": 16, "lr": 3e-3, "patience": 0, "seed": 0, "threads": 2, **train},
     }
@@ -49,13 +50,15 @@ def test_training_beats_chance_on_held_out_patients(trained_run: Path) -> None:
     result = evaluate_run(trained_run, split="test", n_boot=300)
     overall = result["overall"]
     assert overall["n"] >= 25 and overall["n_positive"] >= 8
-    assert overall["auc"] >= 0.8, overall
-    low, high = overall["ci95"]["auc"]
-    assert low <= overall["auc"] <= high
+    auc = overall["auc"]
+    assert auc["estimate"] >= 0.8, auc
+    assert auc["low"] <= auc["estimate"] <= auc["high"]
     written = json.loads((trained_run / "eval-test" / "metrics.json").read_text())
-    assert written["overall"]["auc"] == pytest.approx(overall["auc"])
+    assert written["overall"]["auc"]["estimate"] == pytest.approx(auc["estimate"])
     assert (trained_run / "eval-test" / "roc.png").stat().st_size > 1000
     assert "early (ARCO I-II)" in written["subsets"]
+    hips = written["extra"]["per hip (side scores)"]
+    assert overall["n"] < hips["n"] <= 2 * overall["n"] and hips["auc"]["estimate"] > 0.7
 
 
 def test_evaluate_refuses_training_cases_as_external(trained_run: Path) -> None:
@@ -66,12 +69,16 @@ def test_evaluate_refuses_training_cases_as_external(trained_run: Path) -> None:
 def test_predict_with_given_boxes_matches_evaluation(trained_run: Path, easy_hips: Path) -> None:
     from osteoscope.data.manifest import load_manifest
 
-    case = load_manifest(easy_hips).cases[0]
+    if not (trained_run / "eval-test" / "predictions.csv").is_file():
+        evaluate_run(trained_run, split="test", n_boot=50)
+    rows = {r["case_id"]: r for r in csv.DictReader((trained_run / "eval-test" / "predictions.csv").open())}
+    case = next(c for c in load_manifest(easy_hips).cases if c.case_id in rows)
     boxes = (case.boxes["box_left"], case.boxes["box_right"])
-    [result] = predict_images(trained_run, [case.images["image"]], boxes=boxes)
-    assert 0.0 <= result["probability"] <= 1.0
-    assert set(result["side_scores"]) == {"left", "right"}
-    assert result["boxes"]["left"] == list(boxes[0])
+    [result] = predict_images(trained_run, [case.images["image"]], boxes={"left": boxes[0], "right": boxes[1]})
+    assert result["boxes"]["box_left"] == list(boxes[0])
+    # the same study through evaluation's predictions.csv gives the same scores
+    for key in ("probability", "p_left", "p_right"):
+        assert float(rows[case.case_id][key]) == pytest.approx(result[key], abs=1e-5)
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -132,16 +139,12 @@ def test_cli_predict_prints_json_per_image(trained_run: Path, easy_hips: Path) -
 
     cases = load_manifest(easy_hips).cases[:2]
     args = ["predict", str(trained_run), *(str(c.images["image"]) for c in cases)]
-    args += [
-        "--box-left",
-        format_box(cases[0].boxes["box_left"]),
-        "--box-right",
-        format_box(cases[0].boxes["box_right"]),
-    ]
+    args += ["--box", f"left={format_box(cases[0].boxes['box_left'])}"]
+    args += ["--box", f"right={format_box(cases[0].boxes['box_right'])}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     predictions = json.loads(result.output)
-    assert [p["image"] for p in predictions] == [str(c.images["image"]) for c in cases]
+    assert [p["inputs"]["image"] for p in predictions] == [str(c.images["image"]) for c in cases]
     assert all(0 <= p["probability"] <= 1 for p in predictions)
 
 

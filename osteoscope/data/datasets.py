@@ -1,26 +1,33 @@
 """Torch datasets over manifest cases, one sample builder per data shape the five tasks need.
 
-A builder turns one :class:`Case` into a dict of tensors; :class:`CaseDataset` adds per-sample seeding
-(reproducible augmentation, independent of worker count) and names the case in every read error.
+A builder turns one :class:`Case` into a dict of tensors keyed by name (``image``, ``mask``, ``present``,
+``label``, ...). Builders split their work in two: :meth:`decode` reads, crops, resamples and normalises a case
+(deterministic, so its result is kept in the bounded :class:`~osteoscope.data.cache.DecodedCache` and later
+epochs never decode or resample again), and the training augmentation, drawn from the sample's generator and
+applied as one deterministic twin to every array of the sample (linear for images and targets, nearest for
+masks). :class:`CaseDataset` seeds that generator by (seed, epoch, index), so augmentation replays exactly
+after a resumed run, and names the case in every read error.
 
 Shapes:
-    * :class:`SingleImage` - one 2-D image (femur fracture radiographs).
+    * :class:`SingleImage` - one 2-D image, optionally with a region mask (femur, calcaneus).
     * :class:`BilateralRois` - the two femoral-head ROIs of one pelvis radiograph (AsT).
     * :class:`VolumeWithMask` - a 3-D box and its coarse mask (SRANet).
-    * :class:`MultiProtocol` - several co-registered images of one hip, some possibly missing (MR fusion).
-    * :class:`ImageWithMask` - a 2-D image, a rough region mask and a multi-label target (MSRT).
+    * :class:`MultiProtocol` - several co-registered images of one hip, some possibly missing (MR fusion),
+      optionally with a paired image as the target of a pretext stage (MR -> CT).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from osteoscope.data.augment import SpatialAugmentation, apply_transforms
+from osteoscope.data.cache import DecodedCache
 from osteoscope.data.manifest import Box, Case
 from osteoscope.data.readers import Image, read_image
 from osteoscope.data.transforms import (
@@ -33,7 +40,9 @@ from osteoscope.data.transforms import (
 )
 from osteoscope.errors import DataError
 
-LabelKind = Literal["binary", "multiclass", "multilabel"]
+T = TypeVar("T")
+Target = Callable[[Case], torch.Tensor]
+Arrays = dict[str, np.ndarray]
 HeadRegion = tuple[np.ndarray, Box]
 REGION_CONTEXT = 1.5
 SIDE_TARGETS = {"none": (0.0, 0.0), "left": (1.0, 0.0), "right": (0.0, 1.0), "both": (1.0, 1.0)}
@@ -65,24 +74,22 @@ def read_array(case: Case, column: str) -> np.ndarray:
     return read_case_image(case, column).array.astype(np.float32, copy=False)
 
 
-def read_with_mask(case: Case, image_column: str, mask_column: str) -> tuple[Image, np.ndarray]:
-    """Read an image (with its spacing) and its mask, which must have the same shape."""
-    image, mask = read_case_image(case, image_column), read_array(case, mask_column)
-    if mask.shape != image.array.shape:
-        raise DataError(f"mask shape {mask.shape} differs from image shape {image.array.shape}", case_id=case.case_id)
-    return image, mask
+def read_mask(case: Case, column: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A case's mask, which must have the image's ``shape``."""
+    mask = read_array(case, column)
+    if mask.shape != shape:
+        raise DataError(f"mask {column} has shape {mask.shape}, the image {shape}", case_id=case.case_id)
+    return mask
 
 
-def label_target(case: Case, columns: Sequence[str], kind: LabelKind) -> torch.Tensor:
-    """The training target of a case: a float 0/1 (binary), a class index, or a 0/1 vector (multi-label).
+def mask_to(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize a mask and binarise it again."""
+    return (resize((mask > 0).astype(np.float32), shape) >= 0.5).astype(np.float32)
 
-    A missing label gives NaN (binary/multi-label) or -1 (multi-class), which losses and metrics mask out.
-    """
-    values = [case.labels.get(column) for column in columns]
-    if kind == "multiclass":
-        return torch.tensor(-1 if values[0] is None else values[0], dtype=torch.long)
-    floats = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
-    return floats[0] if kind == "binary" else floats
+
+def decoded(cache: DecodedCache | None, case: Case, decode: Callable[[Case], T]) -> T:
+    """``decode(case)``, kept in ``cache`` (when given) so later epochs do not decode or resample again."""
+    return decode(case) if cache is None else cache.get_or_make(case.case_id, lambda: decode(case))
 
 
 class CaseDataset(Dataset):
@@ -121,23 +128,248 @@ class CaseDataset(Dataset):
         return sample
 
 
-@dataclass
+@dataclass(kw_only=True)
+class Augmentation:
+    """Training augmentation of a builder: one spatial draw for all arrays, then intensity on the images.
+
+    Attributes:
+        spatial: Flip/rotation/scale/translation ranges (see :class:`SpatialAugmentation`).
+        intensity: Strength of the random gamma, contrast, brightness and noise (0 = off).
+    """
+
+    spatial: SpatialAugmentation = field(default_factory=SpatialAugmentation)
+    intensity: float = 1.0
+
+    def __call__(
+        self, arrays: Arrays, rng: np.random.Generator, spatial_dims: int, images: Sequence[str], masks: Sequence[str]
+    ) -> Arrays:
+        """Augment ``arrays`` of ``spatial_dims`` spatial axes (after an optional channel axis): one spatial
+        draw for images, masks and the ``target``, then intensity for ``images`` only."""
+        spatial_keys = [k for k in arrays if k in images or k in masks or k == "target"]
+        out = dict(arrays)
+        out.update(apply_transforms({k: arrays[k] for k in spatial_keys}, self.spatial.draw(rng, spatial_dims), masks))
+        if self.intensity > 0:
+            params = draw_intensity_params(rng, self.intensity)
+            out.update(zip(images, apply_intensity([out[k] for k in images], params), strict=True))
+        return out
+
+
+@dataclass(kw_only=True)
+class CachedBuilder:
+    """Base of the builders that decode a case once and augment the decoded arrays.
+
+    Subclasses implement :meth:`decode` (deterministic: read, crop, resample, normalise) and
+    :meth:`assemble` (arrays -> tensors); ``images`` and ``masks`` name the decoded arrays that are
+    images (augmented in intensity) and masks (nearest-neighbour resampling). A decoded ``target`` array is
+    an image target (a pretext stage's CT): moved with the images, never intensity-augmented.
+
+    Attributes:
+        target: The label of a case (None when the builder makes its own target, or in ``predict``).
+        augmentation: Training augmentation, used when the dataset passes a generator.
+        cache: Keeps decoded cases between epochs (shared by the training and evaluation builders).
+    """
+
+    images: ClassVar[tuple[str, ...]] = ("image",)
+    masks: ClassVar[tuple[str, ...]] = ("mask",)
+    size: tuple[int, ...]
+    target: Target | None = None
+    augmentation: Augmentation | None = None
+    cache: DecodedCache | None = None
+
+    def decode(self, case: Case) -> Arrays:
+        raise NotImplementedError
+
+    def assemble(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+        arrays = decoded(self.cache, case, self.decode)
+        if rng is not None and self.augmentation is not None:
+            present = [k for k in self.images if k in arrays]
+            masks = [k for k in self.masks if k in arrays]
+            arrays = self.augmentation(arrays, rng, len(self.size), present, masks)
+        sample = self.assemble(arrays)
+        if self.target is not None:
+            sample["label"] = self.target(case)
+        return sample
+
+
+def tensor(array: np.ndarray) -> torch.Tensor:
+    """A contiguous float32 tensor of a (possibly read-only or strided) array."""
+    return torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
+
+
+@dataclass(kw_only=True)
+class SingleImage(CachedBuilder):
+    """One 2-D image resized to ``size`` (H, W) and normalised, with an optional region mask.
+
+    With ``crop_to_box`` the image is first cropped to the square about the box in ``box_column`` when the
+    case has one. With a ``mask_column`` the mask is resized alike and served as ``mask`` (1, H, W); with
+    ``mask_as_channel`` it is also appended to ``image`` as a second channel, for models that take no mask.
+    A case without the mask file gives no ``mask`` (``mask_as_channel`` then is an error naming the case).
+    """
+
+    size: tuple[int, int] = (224, 224)
+    image_column: str = "image"
+    box_column: str = "box"
+    crop_to_box: bool = True
+    mask_column: str | None = None
+    mask_as_channel: bool = False
+
+    def decode(self, case: Case) -> Arrays:
+        image = read_array(case, self.image_column)
+        mask = None
+        if self.mask_column is not None and case.masks.get(self.mask_column) is not None:
+            mask = read_mask(case, self.mask_column, image.shape)
+        elif self.mask_as_channel:
+            raise DataError(f"mask_as_channel needs the mask in column {self.mask_column}", case_id=case.case_id)
+        box = case.boxes.get(self.box_column)
+        if self.crop_to_box and box is not None:
+            image = crop(image, box, square=True)
+            mask = None if mask is None else crop(mask, box, square=True)
+        (image,) = robust_normalise([resize(image, self.size)])
+        return {"image": image} if mask is None else {"image": image, "mask": mask_to(mask, self.size)}
+
+    def assemble(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        sample = {"image": tensor(arrays["image"])[None]}
+        if "mask" in arrays:
+            sample["mask"] = tensor(arrays["mask"])[None]
+            if self.mask_as_channel:
+                sample["image"] = torch.cat([sample["image"], sample["mask"]])
+        return sample
+
+
+@dataclass(kw_only=True)
+class VolumeWithMask(CachedBuilder):
+    """A 3-D volume (cropped to ``box`` when given) and its mask, brought to ``size`` (D, H, W).
+
+    With ``keep_aspect`` (default) the crop is resampled to isotropic voxels, the longest physical side
+    filling ``size``, and the rest padded, as the SRANet seed crops, resamples and pads the femoral-head box
+    to 128^3; otherwise it is stretched to ``size``. Intensities are clipped to ``window`` (e.g. Hounsfield
+    units) before the normalisation; padding takes the lowest value. A case without the mask file gives no
+    ``mask``; ``mask_as_channel`` appends the mask to ``image`` as a second channel and then needs it.
+    """
+
+    size: tuple[int, int, int] = (128, 128, 128)
+    window: tuple[float, float] | None = (-200.0, 1500.0)
+    keep_aspect: bool = True
+    image_column: str = "image"
+    mask_column: str = "mask"
+    mask_as_channel: bool = False
+
+    def fitted_shape(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
+        """Shape of the isotropic resampling whose longest physical side fills ``size``."""
+        extent = np.asarray(shape) * np.asarray(spacing)
+        voxel = max(extent / np.asarray(self.size))
+        return tuple(int(min(s, max(1, round(e / voxel)))) for e, s in zip(extent, self.size, strict=True))
+
+    def decode(self, case: Case) -> Arrays:
+        image = read_case_image(case, self.image_column)
+        volume = image.array.astype(np.float32, copy=False)
+        mask = None
+        if case.masks.get(self.mask_column) is not None:
+            mask = read_mask(case, self.mask_column, volume.shape)
+        elif self.mask_as_channel:
+            raise DataError(f"mask_as_channel needs the mask in column {self.mask_column}", case_id=case.case_id)
+        box = case.boxes.get("box")
+        if box is not None:
+            volume = crop(volume, box)
+            mask = None if mask is None else crop(mask, box)
+        if self.window is not None:
+            volume = np.clip(volume, *self.window)
+        shape = self.fitted_shape(volume.shape, image.spacing) if self.keep_aspect else self.size
+        volume = resize(volume, shape)
+        pad = [((s - n) // 2, s - n - (s - n) // 2) for s, n in zip(self.size, shape, strict=True)]
+        (volume,) = robust_normalise([np.pad(volume, pad, constant_values=volume.min())])
+        if mask is None:
+            return {"image": volume}
+        return {"image": volume, "mask": np.pad(mask_to(mask, shape), pad)}
+
+    def assemble(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        sample = {"image": tensor(arrays["image"])[None]}
+        if "mask" in arrays:
+            sample["mask"] = tensor(arrays["mask"])[None]
+            if self.mask_as_channel:
+                sample["image"] = torch.cat([sample["image"], sample["mask"]])
+        return sample
+
+
+@dataclass(kw_only=True)
+class MultiProtocol(CachedBuilder):
+    """Several images of one case (e.g. five MR protocols), missing ones as zeros, each resized to ``size``.
+
+    ``stack="protocols"`` serves ``image`` as (P, 1, *size) for fusion models that encode each protocol;
+    ``stack="channels"`` serves (P, *size) as channels of one image for a plain CNN, followed, with
+    ``present_planes``, by one constant plane per protocol (1 present, 0 missing) so the network can tell
+    a missing protocol from a dark one. ``present`` (P,) is always given. With ``target_column`` (a pretext
+    stage) the image in that column, resized and normalised alike and moved by the same augmentation, is
+    the ``label`` (1, *size).
+    """
+
+    columns: tuple[str, ...] = ("image_t1", "image_t2", "image_pdfs", "image_stir", "image_t1fs")
+    size: tuple[int, ...] = (64, 64)
+    stack: str = "channels"
+    present_planes: bool = True
+    target_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stack not in ("protocols", "channels"):
+            raise ValueError(f"stack must be protocols or channels, got {self.stack!r}")
+
+    def decode(self, case: Case) -> Arrays:
+        stack, present = [], []
+        for column in self.columns:
+            if case.images.get(column) is None:
+                stack.append(np.zeros(self.size, np.float32))
+                present.append(False)
+                continue
+            (array,) = robust_normalise([resize(read_array(case, column), self.size)])
+            stack.append(array)
+            present.append(True)
+        if not any(present):
+            raise DataError(f"none of the images {', '.join(self.columns)} is present", case_id=case.case_id)
+        arrays = {"image": np.stack(stack), "present": np.array(present)}
+        if self.target_column is not None:
+            (arrays["target"],) = robust_normalise([resize(read_array(case, self.target_column), self.size)])
+        return arrays
+
+    def assemble(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        present = torch.from_numpy(np.array(arrays["present"]))
+        image = tensor(arrays["image"]) * present.view(-1, *([1] * len(self.size)))  # missing stay zero
+        if self.stack == "protocols":
+            image = image[:, None]
+        elif self.present_planes:
+            planes = present.float().view(-1, *([1] * len(self.size))).expand(-1, *self.size)
+            image = torch.cat([image, planes])
+        sample = {"image": image, "present": present}
+        if "target" in arrays:
+            sample["label"] = tensor(arrays["target"])[None]
+        return sample
+
+    @property
+    def channels(self) -> int:
+        """Input channels of ``image`` in ``stack="channels"`` mode."""
+        return len(self.columns) * (2 if self.present_planes else 1)
+
+
+@dataclass(kw_only=True)
 class BilateralRois:
     """The two femoral-head ROIs of an AP pelvis radiograph, for AsT and its baselines.
 
-    Both ROIs are cropped as squares about the manifest boxes (or boxes from ``locate`` when the manifest
-    has none), resized to ``size``, normalised jointly, and the patient's right ROI is mirrored left-right
-    (``mirror_right``) so both heads face the same way and the same pixel means the same anatomy.
+    Both ROIs are cropped as squares about the manifest boxes, resized to ``size``, normalised jointly, and
+    the patient's right ROI is mirrored left-right (``mirror_right``) so both heads face the same way and the
+    same pixel means the same anatomy.
 
-    With ``cache`` (a dict, shareable between builders) each radiograph is decoded once and only the two
-    head regions are kept, so later epochs do not wait for image decoding.
+    With ``cache`` each radiograph is decoded once and only the two head regions are kept, so later epochs
+    do not wait for image decoding.
 
     Training augmentation (when the dataset passes a generator): box jitter, one intensity transform for
     both sides, and with probability 0.5 a swap of the two sides (with their side labels) - a mirror image of
-    the whole pelvis, which keeps the asymmetry and the label.
+    the whole pelvis, which keeps the asymmetry and the label. No further flips or rotations: flipping one
+    ROI alone would break the correspondence of the mirrored pair that AsT compares.
 
-    Output keys: ``left``, ``right`` (1, size, size); ``label`` (float, NaN if unknown); ``side_label`` (2,)
-    [left, right] with -1 where unknown.
+    Output keys: ``left``, ``right`` (1, size, size); ``side_label`` (2,) [left, right] with -1 where
+    unknown; ``label`` from ``target``.
     """
 
     size: int = 64
@@ -147,16 +379,15 @@ class BilateralRois:
     swap_sides: bool = True
     label_column: str = "label"
     image_column: str = "image"
-    locate: Callable[[np.ndarray], dict[str, Box]] | None = None
-    cache: dict[str, tuple[HeadRegion, HeadRegion]] | None = None
+    target: Target | None = None
+    cache: DecodedCache | None = None
 
-    def boxes(self, case: Case, image: np.ndarray) -> tuple[Box, Box]:
+    def boxes(self, case: Case) -> tuple[Box, Box]:
+        """The manifest's head boxes of a case."""
         left, right = case.boxes.get("box_left"), case.boxes.get("box_right")
         if left is None or right is None:
-            if self.locate is None:
-                raise DataError("no box_left/box_right given and no head localiser configured", case_id=case.case_id)
-            found = self.locate(image)
-            left, right = found["left"], found["right"]
+            raise DataError("no box_left/box_right given (predict finds them with the head localiser)",
+                            case_id=case.case_id)  # fmt: skip
         return left, right
 
     def head_region(self, image: np.ndarray, box: Box) -> HeadRegion:
@@ -183,16 +414,11 @@ class BilateralRois:
         )
         return region, local
 
-    def regions(self, case: Case) -> tuple[HeadRegion, HeadRegion]:
-        """Both head regions of a case, read from disk once per case when ``cache`` is set."""
-        if self.cache is not None and case.case_id in self.cache:
-            return self.cache[case.case_id]
+    def decode(self, case: Case) -> tuple[HeadRegion, HeadRegion]:
+        """Both head regions of a case."""
+        left, right = self.boxes(case)
         image = read_array(case, self.image_column)
-        left, right = self.boxes(case, image)
-        found = (self.head_region(image, left), self.head_region(image, right))
-        if self.cache is not None:
-            self.cache[case.case_id] = found
-        return found
+        return self.head_region(image, left), self.head_region(image, right)
 
     def crop_rois(self, left: HeadRegion, right: HeadRegion) -> tuple[np.ndarray, np.ndarray]:
         """Crop, resize, mirror and jointly normalise the two ROIs from their regions."""
@@ -204,17 +430,12 @@ class BilateralRois:
         roi_left, roi_right = robust_normalise([roi_left, roi_right])
         return roi_left, roi_right
 
-    def rois(self, image: np.ndarray, left: Box, right: Box) -> tuple[np.ndarray, np.ndarray]:
-        """The two normalised ROIs of a whole image and its head boxes (no augmentation)."""
-        return self.crop_rois(self.head_region(image, left), self.head_region(image, right))
-
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        left, right = self.regions(case)
+        left, right = decoded(self.cache, case, self.decode)
         if rng is not None and self.box_jitter > 0:
             left = (left[0], jitter_box(left[1], rng, self.box_jitter))
             right = (right[0], jitter_box(right[1], rng, self.box_jitter))
         roi_left, roi_right = self.crop_rois(left, right)
-        label = label_target(case, [self.label_column], "binary")
         side = side_target(case, self.label_column)
         if rng is not None:
             roi_left, roi_right = apply_intensity(
@@ -222,129 +443,11 @@ class BilateralRois:
             )
             if self.swap_sides and rng.random() < 0.5:
                 roi_left, roi_right, side = roi_right, roi_left, side[::-1]
-        return {
-            "left": torch.from_numpy(np.ascontiguousarray(roi_left))[None],
-            "right": torch.from_numpy(np.ascontiguousarray(roi_right))[None],
-            "label": label,
+        sample = {
+            "left": tensor(roi_left)[None],
+            "right": tensor(roi_right)[None],
             "side_label": torch.tensor(side, dtype=torch.float32),
         }
-
-
-@dataclass
-class SingleImage:
-    """One 2-D image resized to ``size`` (H, W) and normalised; cropped first to the square about the box in
-    ``box_column`` when the case has one."""
-
-    size: tuple[int, int] = (224, 224)
-    label_columns: tuple[str, ...] = ("label",)
-    kind: LabelKind = "binary"
-    image_column: str = "image"
-    box_column: str = "box"
-
-    def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        image = read_array(case, self.image_column)
-        if case.boxes.get(self.box_column) is not None:
-            image = crop(image, case.boxes[self.box_column], square=True)
-        (image,) = robust_normalise([resize(image, self.size)])
-        if rng is not None:
-            (image,) = apply_intensity([image], draw_intensity_params(rng))
-        return {"image": torch.from_numpy(image)[None], "label": label_target(case, self.label_columns, self.kind)}
-
-
-def _mask_to(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Resize a mask and binarise it again."""
-    return (resize((mask > 0).astype(np.float32), shape) >= 0.5).astype(np.float32)
-
-
-@dataclass
-class VolumeWithMask:
-    """A 3-D volume (cropped to ``box`` when given) and its mask, brought to ``size`` (D, H, W).
-
-    With ``keep_aspect`` (default) the crop is resampled to isotropic voxels, the longest physical side
-    filling ``size``, and the rest padded, as the SRANet seed crops, resamples and pads the femoral-head box
-    to 128^3; otherwise it is stretched to ``size``. Intensities are clipped to ``window`` (e.g. Hounsfield
-    units) before the normalisation; padding takes the lowest value.
-    """
-
-    size: tuple[int, int, int] = (128, 128, 128)
-    window: tuple[float, float] | None = (-200.0, 1500.0)
-    keep_aspect: bool = True
-    label_columns: tuple[str, ...] = ("label",)
-    kind: LabelKind = "binary"
-    image_column: str = "image"
-    mask_column: str = "mask"
-
-    def fitted_shape(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
-        """Shape of the isotropic resampling whose longest physical side fills ``size``."""
-        extent = np.asarray(shape) * np.asarray(spacing)
-        voxel = max(extent / np.asarray(self.size))
-        return tuple(int(min(s, max(1, round(e / voxel)))) for e, s in zip(extent, self.size, strict=True))
-
-    def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        image, mask = read_with_mask(case, self.image_column, self.mask_column)
-        volume = image.array
-        box = case.boxes.get("box")
-        if box is not None:
-            volume, mask = crop(volume, box), crop(mask, box)
-        if self.window is not None:
-            volume = np.clip(volume, *self.window)
-        shape = self.fitted_shape(volume.shape, image.spacing) if self.keep_aspect else self.size
-        volume, mask = resize(volume, shape), _mask_to(mask, shape)
-        pad = [((s - n) // 2, s - n - (s - n) // 2) for s, n in zip(self.size, shape, strict=True)]
-        volume = np.pad(volume, pad, constant_values=volume.min())
-        (volume,) = robust_normalise([volume])
-        return {
-            "image": torch.from_numpy(volume)[None],
-            "mask": torch.from_numpy(np.pad(mask, pad))[None],
-            "label": label_target(case, self.label_columns, self.kind),
-        }
-
-
-@dataclass
-class MultiProtocol:
-    """Several images of one case (e.g. five MR protocols) stacked as (P, 1, *size), missing ones as zeros.
-
-    ``present`` (P,) tells the model which protocols exist, so fusion can ignore the missing ones.
-    """
-
-    columns: tuple[str, ...] = ("image_t1", "image_t2", "image_pdfs", "image_stir", "image_t1fs")
-    size: tuple[int, ...] = (64, 64, 64)
-    label_columns: tuple[str, ...] = ("label",)
-    kind: LabelKind = "multiclass"
-
-    def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        stack, present = [], []
-        for column in self.columns:
-            if case.images.get(column) is None:
-                stack.append(np.zeros(self.size, np.float32))
-                present.append(False)
-                continue
-            (array,) = robust_normalise([resize(read_array(case, column), self.size)])
-            stack.append(array)
-            present.append(True)
-        if not any(present):
-            raise DataError(f"none of the images {', '.join(self.columns)} is present", case_id=case.case_id)
-        return {
-            "image": torch.from_numpy(np.stack(stack))[:, None],
-            "present": torch.tensor(present),
-            "label": label_target(case, self.label_columns, self.kind),
-        }
-
-
-@dataclass
-class ImageWithMask:
-    """A 2-D image with a rough region mask, resized to ``size``, and a multi-label target."""
-
-    label_columns: tuple[str, ...]
-    size: tuple[int, int] = (256, 256)
-    image_column: str = "image"
-    mask_column: str = "mask_rough"
-
-    def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
-        image, mask = read_with_mask(case, self.image_column, self.mask_column)
-        (pixels,) = robust_normalise([resize(image.array, self.size)])
-        return {
-            "image": torch.from_numpy(pixels)[None],
-            "mask": torch.from_numpy(_mask_to(mask, self.size))[None],
-            "label": label_target(case, self.label_columns, "multilabel"),
-        }
+        if self.target is not None:
+            sample["label"] = self.target(case)
+        return sample

@@ -155,11 +155,23 @@ def _row_to_case(row: dict[str, str], root: Path, label_values: dict[str, Sequen
     return Case(case_id, row["patient_id"].strip(), images, masks, boxes, labels, side, stage, split, extra)
 
 
+def _check_filled(case: Case, required: Sequence[str], any_of: Sequence[str]) -> None:
+    """Raise a DataError naming the case when a required file column, or all of ``any_of``, is empty."""
+    named = {**case.images, **case.masks}
+    empty = [column for column in required if named.get(column) is None]
+    if empty:
+        raise DataError(f"no file given in column(s) {', '.join(empty)}", case_id=case.case_id)
+    if any_of and all(named.get(column) is None for column in any_of):
+        raise DataError(f"none of the columns {', '.join(any_of)} names a file", case_id=case.case_id)
+
+
 def load_manifest(
     path: str | Path,
     *,
     required_labels: Sequence[str] = (),
     label_values: dict[str, Sequence[int]] | None = None,
+    required_columns: Sequence[str] = (),
+    any_of_columns: Sequence[str] = (),
     skip_bad: bool = False,
 ) -> Manifest:
     """Read and validate a manifest.
@@ -173,6 +185,9 @@ def load_manifest(
         path: The dataset folder or its manifest.csv.
         required_labels: Label columns the task needs; their absence from the header is an error.
         label_values: Allowed integer values per label column (others are "unknown labels").
+        required_columns: File columns (images, masks) every case must fill.
+        any_of_columns: Image columns of which every case must fill at least one (when the header has none
+            of them, that is a missing-column error).
         skip_bad: Skip and record bad cases instead of raising.
     """
     path = manifest_path(path)
@@ -182,9 +197,11 @@ def load_manifest(
         columns = [c.strip() for c in (reader.fieldnames or [])]
         reader.fieldnames = columns
         rows = list(reader)
-    missing = [c for c in (*REQUIRED_COLUMNS, *required_labels) if c not in columns]
+    missing = [c for c in (*REQUIRED_COLUMNS, *required_labels, *required_columns) if c not in columns]
     if not any(c == "image" or c.startswith("image_") for c in columns):
         missing.append("image (or image_<key>)")
+    elif any_of_columns and not any(c in columns for c in any_of_columns):
+        missing.append(f"one of {', '.join(any_of_columns)}")
     if missing:
         raise DataError(f"manifest is missing column(s): {', '.join(missing)}", path=path)
     seen: dict[str, int] = {}
@@ -202,6 +219,7 @@ def load_manifest(
     for row in rows:
         try:
             case = _row_to_case(row, path.parent, label_values)
+            _check_filled(case, required_columns, any_of_columns)
             for _, file in case.files():
                 if not file.exists():
                     raise DataError("file not found", case_id=case.case_id, path=file)

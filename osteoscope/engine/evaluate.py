@@ -1,8 +1,13 @@
 """Evaluate a trained run on its held-out test patients (or an external dataset) with intervals.
 
-The decision threshold is chosen on the run's validation split (Youden's J) and then applied unchanged to
-the test cases, so the test set informs nothing but the reported numbers. Intervals are 95% bootstrap
-intervals resampling whole patients (a patient's studies are correlated).
+What is measured follows the task's head (see :mod:`osteoscope.heads`). Where the head has a decision
+rule to choose (the binary threshold, Youden's J), it is chosen on the run's validation split and applied
+unchanged to the test cases, so the test set informs nothing but the reported numbers. Intervals are 95%
+bootstrap intervals resampling whole patients (a patient's studies are correlated).
+
+Written to the output folder: ``metrics.json``, ``predictions.csv`` (one column per class or label, the
+task's extra outputs, and the file of every saved map), ``predictions.npz`` (the same values as arrays, for
+comparisons), the plots, ``maps/`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from osteoscope.data.datasets import CaseDataset, side_target
+from osteoscope.data.datasets import CaseDataset
 from osteoscope.data.manifest import Case
-from osteoscope.engine.runs import Run, check_cases, load_run, load_task_manifest, log, predict_dataset, report_skipped
+from osteoscope.engine.inference import Inference, infer
+from osteoscope.engine.runs import Run, check_cases, load_run, load_task_manifest, log, make_cache, report_skipped
 from osteoscope.errors import DataError
-from osteoscope.metrics import binary_metrics, bootstrap_metrics, youden_threshold
-from osteoscope.report.plots import plot_confusion_matrix, plot_roc
+from osteoscope.heads import interval
 from osteoscope.report.summary import write_evaluation_report
 
 EVAL_LOG = "evaluations.jsonl"
+PREDICTIONS = "predictions.npz"
 
 
 def select_cases(run: Run, cases: Sequence[Case], split: str) -> list[Case]:
@@ -46,14 +52,6 @@ def select_cases(run: Run, cases: Sequence[Case], split: str) -> list[Case]:
     return list(cases)
 
 
-def _metrics_with_ci(
-    labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float, n_boot: int, seed: int
-) -> dict[str, Any]:
-    point = binary_metrics(labels, scores, threshold=threshold)
-    intervals = bootstrap_metrics(labels, scores, threshold=threshold, groups=groups, n_boot=n_boot, seed=seed)
-    return {**point, "ci95": {k: [v["low"], v["high"]] for k, v in intervals.items()}}
-
-
 def evaluate_run(
     run_dir: str | Path,
     data: str | Path | None = None,
@@ -64,7 +62,7 @@ def evaluate_run(
     seed: int = 0,
     skip_bad: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a run and write metrics.json, predictions.csv, roc.png, confusion.png and report.md.
+    """Evaluate a run and write its metrics, predictions, plots, maps and report.
 
     Args:
         run_dir: A run written by ``osteoscope train``.
@@ -79,11 +77,12 @@ def evaluate_run(
         The metrics dictionary that is also written to metrics.json.
     """
     run = load_run(run_dir)
+    task, head = run.task, run.task.head
     out = Path(out_dir) if out_dir else run.path / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     data = data or run.config.data.path
-    manifest = load_task_manifest(run.task, data, skip_bad=skip_bad)
-    builder = run.task.make_builder(run.config.data, False, {})
+    manifest = load_task_manifest(task, data, skip_bad=skip_bad)
+    builder = task.builder(False, make_cache(run.config))
     cases, bad = check_cases(select_cases(run, manifest.cases, split), builder, skip_bad=skip_bad)
     report_skipped([*manifest.skipped, *bad])
     previous = _count_evaluations(run.path, split)
@@ -93,84 +92,83 @@ def evaluate_run(
         )
 
     val_cases = [case for case in manifest.cases if run.splits.get(case.case_id) == "val"]
-    if split != "val" and val_cases:
-        val = predict_dataset(run.model, CaseDataset(val_cases, builder))
-        threshold, threshold_source = youden_threshold(val["label"], val["probability"]), "youden on validation split"
-    else:
-        threshold, threshold_source = 0.5, "fixed 0.5"
-    pred = predict_dataset(run.model, CaseDataset(cases, builder))
-    labels, scores = pred["label"].astype(int), pred["probability"]
+    val = _predict(run, val_cases, builder) if split != "val" and val_cases else None
+    operating = head.operating_point(*((val.targets, val.values) if val is not None else (None, None)))
+    pred = _predict(run, cases, builder, maps_dir=out / "maps")
+    known = head.known(pred.targets)
+    if not known.all():
+        log.warning("%d case(s) without a label are left out of the metrics", int((~known).sum()))
     groups = np.array([case.patient_id for case in cases])
+    targets, values = pred.targets[known], pred.values[known]
+    scored = [case for case, keep in zip(cases, known, strict=True) if keep]
     result: dict[str, Any] = {
         "run": str(run.path),
-        "model": run.config.model.name,
+        "model": run.model_name,
+        "task": task.name,
+        "head": head.kind,
+        "names": list(head.names),
         "data": str(Path(data).resolve()),
         "split": split,
-        "n_cases": len(cases),
-        "n_patients": len(set(groups)),
-        "threshold": threshold,
-        "threshold_source": threshold_source,
+        "n_cases": len(scored),
+        "n_patients": len(set(groups[known])),
+        "operating_point": operating,
         "interval": f"95% percentile bootstrap over patients, {n_boot} replicates",
-        "overall": _metrics_with_ci(labels, scores, groups, threshold, n_boot, seed),
+        "overall": head.evaluate(targets, values, groups[known], operating, n_boot, seed),
         "subsets": {},
+        "extra": {},
     }
-    stages = np.array([-1 if case.stage is None else case.stage for case in cases])
-    for name, included in run.task.subsets.items():
-        keep = (labels == 0) | np.isin(stages, included)
-        if labels[keep].min(initial=1) == 0 and labels[keep].max(initial=0) == 1:
-            result["subsets"][name] = _metrics_with_ci(
-                labels[keep], scores[keep], groups[keep], threshold, n_boot, seed
+    for name, keep in task.subsets().items():
+        chosen = np.array([keep(case) for case in scored], dtype=bool)
+        if chosen.any() and head.evaluable(targets[chosen]):
+            result["subsets"][name] = head.evaluate(
+                targets[chosen], values[chosen], groups[known][chosen], operating, n_boot, seed
             )
-    if "side_probability" in pred:
-        side_labels = np.array([side_target(case) for case in cases])
-        known = side_labels >= 0
-        if known.any() and len(np.unique(side_labels[known])) == 2:
-            hip_groups = np.repeat(groups[:, None], 2, axis=1)[known]
-            result["per_hip"] = _metrics_with_ci(
-                side_labels[known].astype(int), pred["side_probability"][known], hip_groups, threshold, n_boot, seed
-            )
-    result["plots"] = {
-        "roc": str(
-            plot_roc(
-                {run.config.model.name: (labels, scores)},
-                out / "roc.png",
-                operating_points={"threshold": _operating_point(result["overall"])},
-            )
-        ),
-        "confusion": str(
-            plot_confusion_matrix(result["overall"]["confusion_matrix"], ["no ONFH", "ONFH"], out / "confusion.png")
-        ),
-    }
-    _write_predictions(out / "predictions.csv", cases, pred)
+    if task.patient_aggregation:
+        p_targets, p_values, patients = head.aggregate(targets, values, groups[known], task.patient_aggregation)
+        if head.evaluable(p_targets):
+            label = f"per patient ({task.patient_aggregation} of {len(scored)} images)"
+            result["subsets"][label] = head.evaluate(p_targets, p_values, patients, operating, n_boot, seed)
+    for extra in task.extra_evaluations(scored, {k: v[known] for k, v in pred.extras.items()}, groups[known]):
+        extra_operating = extra.head.operating_point(None, None)
+        result["extra"][extra.name] = {
+            "head": extra.head.kind,
+            "names": list(extra.head.names),
+            "operating_point": extra_operating,
+            **extra.head.evaluate(extra.targets, extra.values, extra.groups, extra_operating, n_boot, seed),
+        }
+    result["plots"] = head.plots({run.model_name: (targets, values)}, {run.model_name: result["overall"]}, out)
+    _write_predictions(out, run, cases, pred)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
-    write_evaluation_report(result, out / "report.md")
+    write_evaluation_report(result, head, out / "report.md")
     with (run.path / EVAL_LOG).open("a") as handle:
-        handle.write(
-            json.dumps(
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "split": split,
-                    "data": result["data"],
-                    "n_cases": len(cases),
-                    "out": str(out),
-                }
-            )
-            + "\n"
-        )
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "split": split,
+            "data": result["data"],
+            "n_cases": len(cases),
+            "out": str(out),
+        }
+        handle.write(json.dumps(record) + "\n")
     log.info(
-        "evaluated %d cases (%d patients): AUC %.4f [%.4f, %.4f]; written to %s",
-        len(cases),
+        "evaluated %d cases (%d patients): %s %s; written to %s",
+        result["n_cases"],
         result["n_patients"],
-        result["overall"]["auc"],
-        *result["overall"]["ci95"]["auc"],
+        head.headline,
+        interval(result["overall"][head.headline]),
         out,
     )
     return result
 
 
-def _operating_point(metrics: dict[str, Any]) -> tuple[float, float]:
-    """(false-positive rate, true-positive rate) at the chosen threshold."""
-    return 1.0 - metrics["specificity"], metrics["sensitivity"]
+def _predict(run: Run, cases: Sequence[Case], builder, maps_dir: Path | None = None) -> Inference:
+    return infer(
+        run.model,
+        CaseDataset(cases, builder),
+        run.task,
+        model_name=run.model_name,
+        batch_size=2 * run.config.train.batch_size,
+        maps_dir=maps_dir,
+    )
 
 
 def _count_evaluations(run_dir: Path, split: str) -> int:
@@ -180,31 +178,44 @@ def _count_evaluations(run_dir: Path, split: str) -> int:
     return sum(json.loads(line)["split"] == split for line in path.read_text().splitlines() if line.strip())
 
 
-def _write_predictions(path: Path, cases: Sequence[Case], pred: dict[str, np.ndarray]) -> None:
-    with path.open("w", newline="") as handle:
+def _write_predictions(out: Path, run: Run, cases: Sequence[Case], pred: Inference) -> None:
+    """``predictions.csv`` for people and ``predictions.npz`` (exact arrays) for comparisons."""
+    head = run.task.head
+    known = head.known(pred.targets)
+    columns: dict[str, Sequence[Any]] = {
+        "case_id": [c.case_id for c in cases],
+        "patient_id": [c.patient_id for c in cases],
+        "stage": [c.stage for c in cases],
+        "side": [c.side for c in cases],
+    }
+    targets = head.target_columns(np.where(known.reshape(-1, *[1] * (pred.targets.ndim - 1)), pred.targets, -1))
+    columns.update({k: v.tolist() for k, v in targets.items()})
+    columns.update({k: [_number(x) for x in v] for k, v in head.columns(pred.values).items()})
+    for key, values in pred.extras.items():
+        for j, name in enumerate(run.task.extra_outputs[key]):
+            columns[name] = [_number(x) for x in values[:, j]]
+    columns.update({f"map_{name}": [f"maps/{f}" for f in files] for name, files in pred.maps.items()})
+    with (out / "predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        has_sides = "side_probability" in pred
-        writer.writerow(
-            [
-                "case_id",
-                "patient_id",
-                "label",
-                "stage",
-                "side",
-                "probability",
-                *(["p_left", "p_right"] if has_sides else []),
-            ]
-        )
-        for i, case in enumerate(cases):
-            sides = [f"{v:.6f}" for v in pred["side_probability"][i]] if has_sides else []
-            writer.writerow(
-                [
-                    case.case_id,
-                    case.patient_id,
-                    int(pred["label"][i]),
-                    case.stage,
-                    case.side,
-                    f"{pred['probability'][i]:.6f}",
-                    *sides,
-                ]
-            )
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values(), strict=True))
+    np.savez(
+        out / PREDICTIONS,
+        case_id=np.array(columns["case_id"]),
+        patient_id=np.array(columns["patient_id"]),
+        targets=pred.targets,
+        values=pred.values,
+    )
+
+
+def _number(value: Any) -> Any:
+    return f"{value:.6f}" if isinstance(value, float | np.floating) else value
+
+
+def load_predictions(eval_dir: str | Path) -> dict[str, np.ndarray]:
+    """The arrays an evaluation saved: ``case_id``, ``patient_id``, ``targets``, ``values``."""
+    path = Path(eval_dir) / PREDICTIONS
+    if not path.is_file():
+        raise DataError("no saved predictions (evaluate the run first)", path=path)
+    with np.load(path) as saved:
+        return {key: saved[key] for key in saved.files}

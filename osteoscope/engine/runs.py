@@ -7,20 +7,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from osteoscope.config import ExperimentConfig, load_config
+from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import CaseDataset, SampleBuilder
 from osteoscope.data.manifest import Case, Manifest, SkippedCase, load_manifest
+from osteoscope.data.splits import load_splits
 from osteoscope.engine.checkpoint import load_checkpoint
 from osteoscope.errors import DataError, OsteoscopeError
-from osteoscope.models import create_model
-from osteoscope.tasks import Task, get_task
+from osteoscope.models import build_model
+from osteoscope.tasks import Task, make_task
 
 CONFIG_FILE = "config.yaml"
 SPLITS_FILE = "splits.csv"
@@ -33,7 +34,7 @@ log = logging.getLogger("osteoscope")
 
 
 def make_console(*, stderr: bool = False) -> Console:
-    """A rich console that does not wrap tables and logs at 80 columns when writing to a file or CI."""
+    """A rich console that does not wrap tables and logs at 160 columns when writing to a file or CI."""
     console = Console(stderr=stderr)
     return console if console.is_terminal else Console(stderr=stderr, width=160)
 
@@ -63,12 +64,23 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def task_of(config: ExperimentConfig) -> Task:
+    """The config's task with its data and loss options."""
+    return make_task(config.task, config.data.options, config.loss.options)
+
+
+def make_cache(config: ExperimentConfig) -> DecodedCache:
+    """The decoded-data cache of a run, bounded by ``data.cache_mb``; says in the log when it is full."""
+    return DecodedCache(int(config.data.cache_mb * 2**20), on_full=log.warning)
+
+
 def check_cases(
     cases: Sequence[Case], builder: SampleBuilder, *, skip_bad: bool, progress: Callable[[int], None] | None = None
 ) -> tuple[list[Case], list[SkippedCase]]:
     """Build every case once so bad files fail now, with their case named, not mid-training.
 
-    With ``skip_bad`` bad cases are returned separately instead of raising.
+    With a caching builder this also fills the cache, so the first epoch does not decode again. With
+    ``skip_bad`` bad cases are returned separately instead of raising.
     """
     good, bad = [], []
     for i, case in enumerate(cases):
@@ -86,8 +98,17 @@ def check_cases(
 
 
 def load_task_manifest(task: Task, path: str | Path, *, skip_bad: bool) -> Manifest:
-    """Load a manifest with the label columns and values the task requires."""
-    return load_manifest(path, required_labels=task.label_columns, label_values=task.label_values, skip_bad=skip_bad)
+    """Load a manifest with the columns the task requires, its rows turned into the task's cases."""
+    schema = task.schema
+    manifest = load_manifest(
+        path,
+        required_labels=schema.labels,
+        label_values=dict(schema.label_values),
+        required_columns=schema.required,
+        any_of_columns=schema.any_of,
+        skip_bad=skip_bad,
+    )
+    return Manifest(manifest.path, task.prepare_cases(manifest.cases), manifest.columns, manifest.skipped)
 
 
 def report_skipped(skipped: Sequence[SkippedCase]) -> None:
@@ -99,15 +120,26 @@ def report_skipped(skipped: Sequence[SkippedCase]) -> None:
 
 
 def make_loader(
-    dataset: CaseDataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int
+    dataset: CaseDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    workers: int,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A loader whose shuffling order depends only on (seed, epoch), so a resumed epoch replays exactly."""
+    """A loader whose shuffling order depends only on (seed, epoch), so a resumed epoch replays exactly.
+
+    ``sampler`` replaces the shuffling (e.g. a DistributedSampler under torchrun).
+    """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator if shuffle else None,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        generator=generator if shuffle and sampler is None else None,
         num_workers=workers,
         persistent_workers=False,
         drop_last=False,
@@ -124,44 +156,32 @@ class Run:
     model: nn.Module
     splits: dict[str, str]
 
+    @property
+    def model_name(self) -> str:
+        return model_name(self.config, self.task)
 
-def build_model(config: ExperimentConfig) -> nn.Module:
-    """The model a config names, sized for the configured ROI."""
-    options = {"preset": config.model.preset, "img_size": config.data.roi_size, **config.model.options}
-    return create_model(config.model.name, **options)
+
+def model_name(config: ExperimentConfig, task: Task) -> str:
+    """The model a config names, the task's default when it names none."""
+    return config.model.name or task.default_model
+
+
+def build_run_model(config: ExperimentConfig, task: Task) -> nn.Module:
+    """The model a config names, built with the task's input and head arguments (each factory gets those it
+    takes) and the config's ``model.options`` (checked strictly)."""
+    defaults = {**task.model_kwargs(), **task.head.model_kwargs(), "preset": config.model.preset}
+    return build_model(model_name(config, task), defaults, config.model.options)
 
 
 def load_run(path: str | Path, checkpoint: str = BEST_CHECKPOINT) -> Run:
     """Load a run directory written by ``osteoscope train``."""
-    from osteoscope.data.splits import load_splits
-
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise DataError("not a run directory (no config.yaml)", path=path)
     config = load_config(path / CONFIG_FILE)
+    task = task_of(config)
     state = load_checkpoint(path / checkpoint)
-    model = build_model(config)
+    model = build_run_model(config, task)
     model.load_state_dict(state["model"])
     model.eval()
-    return Run(path, config, get_task(config.task), model, load_splits(path / SPLITS_FILE))
-
-
-@torch.no_grad()
-def predict_dataset(
-    model: nn.Module, dataset: CaseDataset, *, batch_size: int = 64, device: torch.device | None = None
-) -> dict[str, np.ndarray]:
-    """Run a model over a dataset: probabilities of the patient-level logit and of per-side logits (if any)."""
-    device = device or torch.device("cpu")
-    model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    probs, sides, labels = [], [], []
-    for batch in loader:
-        outputs = model(*[batch[k].to(device) for k in model.input_keys])
-        probs.append(torch.sigmoid(outputs["logits"].float()).cpu())
-        if "side_logits" in outputs:
-            sides.append(torch.sigmoid(outputs["side_logits"].float()).cpu())
-        labels.append(batch["label"])
-    result = {"probability": torch.cat(probs).numpy(), "label": torch.cat(labels).numpy()}
-    if sides:
-        result["side_probability"] = torch.cat(sides).numpy()
-    return result
+    return Run(path, config, task, model, load_splits(path / SPLITS_FILE))

@@ -29,6 +29,7 @@ from osteoscope.metrics.statistics import (
     delong_ci,
     delong_test,
     mcnemar_test,
+    paired_bootstrap_test,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "mcnemar_test",
     "multiclass_metrics",
     "multilabel_metrics",
+    "paired_bootstrap_test",
     "pooled_binary_metrics",
     "precision_recall_points",
     "reliability_curve",

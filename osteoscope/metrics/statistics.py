@@ -28,6 +28,7 @@ __all__ = [
     "delong_ci",
     "delong_test",
     "mcnemar_test",
+    "paired_bootstrap_test",
 ]
 
 # Cap on the number of matrix cells (replicates x cases) held in memory at once.
@@ -368,6 +369,61 @@ def bootstrap_multilabel(
     return result
 
 
+def paired_bootstrap_test(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    y_true: ArrayLike,
+    score_a: ArrayLike,
+    score_b: ArrayLike,
+    *,
+    strata: ArrayLike | None = None,
+    groups: ArrayLike | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Paired bootstrap of ``metric(y, a) - metric(y, b)`` for two models scored on the same cases.
+
+    Both models are evaluated on the same resample in every replicate (resampling whole ``groups`` such as
+    patients, within ``strata`` when given), so the interval reflects the correlation between them, as
+    DeLong's test does for a binary AUC; this serves metrics without such a formula (macro AUROC, mAP).
+
+    Returns:
+        ``a``, ``b`` and ``difference`` on the full data, the percentile interval ``ci_low``/``ci_high`` of
+        the difference, ``p_value`` (two-sided: twice the smaller share of valid replicates on either side of
+        zero, with the +1 correction so it is never 0), ``n_boot`` and ``n_valid``.
+    """
+    _check_bootstrap_args(n_boot, confidence)
+    y, a, b = np.asarray(y_true), np.asarray(score_a), np.asarray(score_b)
+    if a.shape != b.shape or a.shape[0] != y.shape[0] or y.shape[0] == 0:
+        raise ValueError(f"labels and both score arrays need the same rows, got {y.shape}, {a.shape}, {b.shape}")
+    case_strata = np.zeros(y.shape[0], dtype=np.int64) if strata is None else np.asarray(strata, dtype=np.int64)
+    cases = np.arange(y.shape[0])
+    diffs = []
+    for w in _weight_blocks(case_strata, groups, n_boot, strata is not None, seed):
+        for row in w.astype(np.int64):
+            idx = np.repeat(cases, row)
+            diffs.append(metric(y[idx], a[idx]) - metric(y[idx], b[idx]))
+    replicates = np.asarray(diffs, dtype=np.float64)
+    valid = replicates[~np.isnan(replicates)]
+    metric_a, metric_b = float(metric(y, a)), float(metric(y, b))
+    summary = _summarise(metric_a - metric_b, replicates, confidence)
+    if valid.size:
+        tail = min(np.sum(valid <= 0), np.sum(valid >= 0))
+        p_value = min(1.0, 2 * (tail + 1) / (valid.size + 1))
+    else:
+        p_value = float("nan")
+    return {
+        "a": metric_a,
+        "b": metric_b,
+        "difference": metric_a - metric_b,
+        "ci_low": summary["low"],
+        "ci_high": summary["high"],
+        "p_value": float(p_value),
+        "n_boot": summary["n_boot"],
+        "n_valid": summary["n_valid"],
+    }
+
+
 def _placements(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """DeLong structural components via midranks (Sun & Xu 2014), O(n log n).
 
@@ -409,9 +465,7 @@ def delong_ci(y_true: ArrayLike, y_score: ArrayLike, confidence: float = 0.95) -
     return {"estimate": auc, "se": se, "low": low, "high": high}
 
 
-def delong_test(
-    y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike, confidence: float = 0.95
-) -> dict:
+def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike, confidence: float = 0.95) -> dict:
     """DeLong's test of two correlated AUCs measured on the same cases (two-sided).
 
     Returns:
@@ -426,8 +480,16 @@ def delong_test(
     if not _enough_for_delong(y):
         auc_a, auc_b = roc_auc(y, a), roc_auc(y, b)
         nan = float("nan")
-        return {"auc_a": auc_a, "auc_b": auc_b, "difference": auc_a - auc_b, "se": nan,
-                "ci_low": nan, "ci_high": nan, "z": nan, "p_value": nan}
+        return {
+            "auc_a": auc_a,
+            "auc_b": auc_b,
+            "difference": auc_a - auc_b,
+            "se": nan,
+            "ci_low": nan,
+            "ci_high": nan,
+            "z": nan,
+            "p_value": nan,
+        }
     auc_a, v10_a, v01_a = _placements(y, a)
     auc_b, v10_b, v01_b = _placements(y, b)
     s10 = np.cov(np.vstack([v10_a, v10_b]), ddof=1)
@@ -465,9 +527,7 @@ def mcnemar_test(y_true: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLike) -> dic
     pa = check_labels(pred_a, "pred_a")
     pb = check_labels(pred_b, "pred_b")
     if not y.shape == pa.shape == pb.shape:
-        raise ValueError(
-            f"y_true, pred_a and pred_b differ in length: {y.shape[0]}, {pa.shape[0]}, {pb.shape[0]}"
-        )
+        raise ValueError(f"y_true, pred_a and pred_b differ in length: {y.shape[0]}, {pa.shape[0]}, {pb.shape[0]}")
     right_a = pa == y
     right_b = pb == y
     b = int(np.sum(right_a & ~right_b))

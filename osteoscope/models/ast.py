@@ -42,12 +42,23 @@ SHARING_MODES = ("joint", "cross")
 FEATURE_STRIDE = 8
 
 AST_PRESETS: dict[str, dict[str, object]] = {
-    "tiny": {"conv_channels": (8, 16), "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0,
-             "patch_size": 1},
-    "small": {"conv_channels": (16, 32), "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0,
-              "patch_size": 1},
-    "base": {"conv_channels": (64, 128), "embed_dim": 384, "depth": 6, "num_heads": 6, "mlp_ratio": 4.0,
-             "patch_size": 1},
+    "tiny": {"conv_channels": (8, 16), "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "patch_size": 1},
+    "small": {
+        "conv_channels": (16, 32),
+        "embed_dim": 64,
+        "depth": 2,
+        "num_heads": 4,
+        "mlp_ratio": 2.0,
+        "patch_size": 1,
+    },
+    "base": {
+        "conv_channels": (64, 128),
+        "embed_dim": 384,
+        "depth": 6,
+        "num_heads": 6,
+        "mlp_ratio": 4.0,
+        "patch_size": 1,
+    },
 }
 
 
@@ -68,8 +79,6 @@ class AsT(nn.Module):
         diff_head: Feed ``|mean_L − mean_R|`` of the final tokens to the patient head besides CLS.
         drop_path_rate: Stochastic depth rate, increasing linearly over the blocks.
     """
-
-    input_keys = ("left", "right")
 
     def __init__(
         self,
@@ -130,7 +139,7 @@ class AsT(nn.Module):
         side = torch.cat([torch.zeros(1), torch.ones(n), torch.full((n,), 2.0)])
         cls_q = side[:, None] == 0
         cls_k = side[None, :] == 0
-        other = (side[:, None] * side[None, :] == 2)  # left query × right key or the reverse
+        other = side[:, None] * side[None, :] == 2  # left query × right key or the reverse
         return cls_q | cls_k | other
 
     def _init_weights(self) -> None:
@@ -188,12 +197,14 @@ class AsT(nn.Module):
         side = torch.cat([self.side_head(mean_l), self.side_head(mean_r)], dim=-1)
         return {"logits": self.head(pooled).squeeze(-1), "side_logits": side}
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return ``logits``, ``side_logits``, ``feat_left``/``_right`` and ``attn_left``/``_right``."""
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        """Return ``logits`` (B,), ``side_logits`` (B, 2), ``maps`` with the spatial attention of each side
+        (``attn_left``/``attn_right``, (B, 1, S/4, S/4), in ROI orientation: the right one is mirrored) and
+        ``aux`` with the features the difference loss compares (``feat_left``/``feat_right``)."""
         features = self.forward_features(left, right)
-        out = self.forward_head(features)
-        for key in ("feat_left", "feat_right", "attn_left", "attn_right"):
-            out[key] = features[key]
+        out: dict[str, torch.Tensor | dict[str, torch.Tensor]] = dict(self.forward_head(features))
+        out["maps"] = {"attn_left": features["attn_left"], "attn_right": features["attn_right"]}
+        out["aux"] = {"feat_left": features["feat_left"], "feat_right": features["feat_right"]}
         return out
 
 
@@ -217,8 +228,14 @@ def create_ast(
     sizes = resolve_preset(
         AST_PRESETS,
         preset,
-        {"conv_channels": conv_channels, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
-         "mlp_ratio": mlp_ratio, "patch_size": patch_size},
+        {
+            "conv_channels": conv_channels,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_ratio": mlp_ratio,
+            "patch_size": patch_size,
+        },
     )
     return AsT(
         img_size=img_size,

@@ -37,12 +37,30 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
     "base": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0},
 }
 SWIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"patch_size": 4, "window_size": 4, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2),
-             "mlp_ratio": 2.0},
-    "small": {"patch_size": 4, "window_size": 4, "embed_dim": 32, "depths": (2, 2), "num_heads": (2, 4),
-              "mlp_ratio": 2.0},
-    "base": {"patch_size": 4, "window_size": 8, "embed_dim": 96, "depths": (2, 2, 6, 2),
-             "num_heads": (3, 6, 12, 24), "mlp_ratio": 4.0},
+    "tiny": {
+        "patch_size": 4,
+        "window_size": 4,
+        "embed_dim": 16,
+        "depths": (1, 1),
+        "num_heads": (1, 2),
+        "mlp_ratio": 2.0,
+    },
+    "small": {
+        "patch_size": 4,
+        "window_size": 4,
+        "embed_dim": 32,
+        "depths": (2, 2),
+        "num_heads": (2, 4),
+        "mlp_ratio": 2.0,
+    },
+    "base": {
+        "patch_size": 4,
+        "window_size": 8,
+        "embed_dim": 96,
+        "depths": (2, 2, 6, 2),
+        "num_heads": (3, 6, 12, 24),
+        "mlp_ratio": 4.0,
+    },
 }
 
 
@@ -52,8 +70,6 @@ class SideBySideClassifier(nn.Module):
     Args:
         net: timm model built for (B, 1, S, 2S) input and ``num_classes=1``.
     """
-
-    input_keys = ("left", "right")
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -95,16 +111,17 @@ def load_local_weights(
     own = model.state_dict()
     for k in [k for k in state if k.startswith(head_prefix) and k in own and state[k].shape != own[k].shape]:
         del state[k]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in state if k in own and state[k].shape != own[k].shape]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
     if mismatched:
         raise ConfigError(f"weights in {path} do not fit the model: {'; '.join(mismatched[:5])}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(head_prefix)]
     if missing or unexpected:
-        raise ConfigError(
-            f"weights in {path} do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        raise ConfigError(f"weights in {path} do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def _check_weights_args(preset: str, pretrained: bool, pretrained_path: str | None, overrides: dict) -> None:
@@ -165,16 +182,20 @@ def create_vit(
     pretrained_path: str | None = None,
 ) -> SideBySideClassifier:
     """ViT baseline on the (S, 2S) side-by-side ROI pair; ``base`` = vit_base_patch16 dimensions."""
-    overrides = {"patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
-                 "mlp_ratio": mlp_ratio}
+    overrides = {
+        "patch_size": patch_size,
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads,
+        "mlp_ratio": mlp_ratio,
+    }
     cfg = resolve_preset(VIT_PRESETS, preset, overrides)
     _check_weights_args(preset, pretrained, pretrained_path, overrides)
     if img_size % cfg["patch_size"]:
         raise ConfigError(f"vit: img_size {img_size} is not a multiple of patch_size {cfg['patch_size']}")
     if cfg["embed_dim"] % cfg["num_heads"]:
         raise ConfigError(f"vit: num_heads {cfg['num_heads']} must divide embed_dim {cfg['embed_dim']}")
-    common = {"img_size": (img_size, 2 * img_size), "in_chans": 1, "num_classes": 1,
-              "drop_path_rate": drop_path_rate}
+    common = {"img_size": (img_size, 2 * img_size), "in_chans": 1, "num_classes": 1, "drop_path_rate": drop_path_rate}
     if pretrained:
         net = timm.create_model(VIT_HUB_NAME, pretrained=True, **common)
     else:
@@ -203,8 +224,14 @@ def create_swin(
     At S=64 with patch 4 the stage grids are 16x32, 8x16, 4x8, 2x4, so windows 4 and 8 tile them
     (the paper-scale window 7 does not); the combination is checked up front.
     """
-    overrides = {"patch_size": patch_size, "window_size": window_size, "embed_dim": embed_dim,
-                 "depths": depths, "num_heads": num_heads, "mlp_ratio": mlp_ratio}
+    overrides = {
+        "patch_size": patch_size,
+        "window_size": window_size,
+        "embed_dim": embed_dim,
+        "depths": depths,
+        "num_heads": num_heads,
+        "mlp_ratio": mlp_ratio,
+    }
     cfg = resolve_preset(SWIN_PRESETS, preset, overrides)
     # hub weights fit any window: timm's filter resamples the relative-position tables
     size_overrides = {k: v for k, v in overrides.items() if k != "window_size"}
@@ -217,8 +244,7 @@ def create_swin(
             width = cfg["embed_dim"] * 2**stage
             raise ConfigError(f"swin: stage {stage} width {width} is not divisible by {heads} heads")
     check_swin_grid(img_size, cfg["patch_size"], cfg["window_size"], len(cfg["depths"]))
-    common = {"img_size": (img_size, 2 * img_size), "in_chans": 1, "num_classes": 1,
-              "drop_path_rate": drop_path_rate}
+    common = {"img_size": (img_size, 2 * img_size), "in_chans": 1, "num_classes": 1, "drop_path_rate": drop_path_rate}
     if pretrained:
         net = timm.create_model(SWIN_HUB_NAME, pretrained=True, window_size=cfg["window_size"], **common)
     else:

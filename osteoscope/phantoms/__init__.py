@@ -1,26 +1,17 @@
 """Synthetic study generators, one per task: the embedded default data of osteoscope.
 
 Each generator writes a dataset folder in the manifest format (``docs/manifest.md``) and returns the
-path of its ``manifest.csv``; every output is a deterministic function of the seed.
+path of its ``manifest.csv``; every output is a deterministic function of the seed. A task names its
+generator (``Task.phantom``), so the tasks are the one list of what can be generated.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from osteoscope.errors import ConfigError
-from osteoscope.phantoms import avnfh_ct, calcaneus_multilabel, femur_fracture_xray, onfh_mr_staging, onfh_xray
-
-PHANTOMS: dict[str, Callable[..., Path]] = {
-    onfh_xray.TASK: onfh_xray.generate,
-    calcaneus_multilabel.TASK: calcaneus_multilabel.generate,
-    femur_fracture_xray.TASK: femur_fracture_xray.generate,
-    onfh_mr_staging.TASK: onfh_mr_staging.generate,
-    avnfh_ct.TASK: avnfh_ct.generate,
-}
 
 
 def generate_phantom(task: str, out_dir: str | Path, n: int, seed: int = 0, **options: Any) -> Path:
@@ -29,10 +20,9 @@ def generate_phantom(task: str, out_dir: str | Path, n: int, seed: int = 0, **op
     Raises:
         ConfigError: If the task is unknown or an option is not one the generator takes.
     """
-    if task not in PHANTOMS:
-        known = ", ".join(sorted(PHANTOMS))
-        raise ConfigError(f"unknown phantom task {task!r}; known tasks: {known}")
-    generator = PHANTOMS[task]
+    from osteoscope.tasks import get_task
+
+    generator = get_task(task).phantom
     accepted = set(inspect.signature(generator).parameters) - {"out_dir", "n", "seed"}
     unknown = sorted(set(options) - accepted)
     if unknown:

@@ -1,67 +1,104 @@
-"""Markdown reports of evaluations: one run's report, and a side-by-side comparison of runs."""
+"""Markdown reports: one evaluation, a k-fold cross-validation, and a study comparing models.
+
+The tables come from the task's head (:meth:`osteoscope.heads.Head.table`), so one report writer serves
+binary, multi-class, multi-label and pretext results alike.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-TABLE_METRICS = ("auc", "sensitivity", "specificity", "precision", "f1", "accuracy")
+from osteoscope.heads import Head, interval, make_head, markdown_table
 
 
-def format_ci(metrics: dict[str, Any], name: str) -> str:
-    """``0.912 [0.871, 0.948]`` for a metric with its 95% interval."""
-    low, high = metrics["ci95"].get(name, (float("nan"), float("nan")))
-    return f"{metrics[name]:.3f} [{low:.3f}, {high:.3f}]"
+def _images(plots: Mapping[str, str], base: Path) -> str:
+    """Markdown image links to plots, relative to the report's folder where possible."""
+    lines = []
+    for name, path in plots.items():
+        file = Path(path)
+        shown = file.relative_to(base) if file.is_relative_to(base) else file
+        lines.append(f"![{name}]({shown})")
+    return "\n\n".join(lines)
 
 
-def metrics_table(rows: Sequence[tuple[str, dict[str, Any]]], names: Sequence[str] = TABLE_METRICS) -> str:
-    """A Markdown table: one row per (label, metrics-with-ci) pair, one column per metric."""
-    lines = ["| | n (pos) | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
-    for label, metrics in rows:
-        cells = [format_ci(metrics, name) for name in names]
-        lines.append(f"| {label} | {metrics['n']} ({metrics['n_positive']}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_evaluation_report(result: dict[str, Any], path: str | Path) -> Path:
+def write_evaluation_report(result: Mapping[str, Any], head: Head, path: str | Path) -> Path:
     """Write the Markdown report of one evaluation (metrics.json in words, with its plots)."""
     path = Path(path)
-    overall = result["overall"]
-    rows = [("all", overall), *result["subsets"].items()]
-    if "per_hip" in result:
-        rows.append(("per hip (side scores)", result["per_hip"]))
-    (tn, fp), (fn, tp) = overall["confusion_matrix"]
-    text = f"""# Evaluation of {result["model"]}
-
-- run: `{result["run"]}`
-- data: `{result["data"]}`, split **{result["split"]}**: {result["n_cases"]} cases from {result["n_patients"]} patients
-- threshold {result["threshold"]:.4f} ({result["threshold_source"]})
-- intervals: {result["interval"]}
-
-{metrics_table(rows)}
-
-Confusion matrix at the threshold: TN {tn}, FP {fp}, FN {fn}, TP {tp}.
-
-![ROC](roc.png)
-
-![Confusion matrix](confusion.png)
-"""
-    path.write_text(text)
+    rows = [("all", result["overall"]), *result["subsets"].items()]
+    operating = result["operating_point"]
+    rule = f"- decision rule: {operating['source']}" + (
+        f", threshold {operating['threshold']:.4f}" if "threshold" in operating else ""
+    )
+    parts = [
+        f"# Evaluation of {result['model']} ({result['task']})",
+        f"- run: `{result['run']}`\n- data: `{result['data']}`, split **{result['split']}**: "
+        f"{result['n_cases']} cases from {result['n_patients']} patients\n{rule}\n- intervals: {result['interval']}",
+        head.table(rows),
+    ]
+    for name, extra in result["extra"].items():
+        parts += [f"## {name}", make_head(extra["head"], extra["names"]).table([(name, extra)])]
+    parts.append(_images(result.get("plots", {}), path.parent))
+    path.write_text("\n\n".join(p for p in parts if p) + "\n")
     return path
 
 
-def comparison_report(results: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any]] = ()) -> str:
-    """Markdown comparing several evaluations on the same cases, with DeLong tests between them."""
-    parts = ["## All test cases", metrics_table([(r["model"], r["overall"]) for r in results])]
-    for subset in results[0]["subsets"]:
-        parts += [
-            f"## {subset}",
-            metrics_table([(r["model"], r["subsets"][subset]) for r in results if subset in r["subsets"]]),
-        ]
-    for test in comparisons:
-        parts.append(
-            f"DeLong test {test['a']} vs {test['b']} ({test['subset']}): AUC difference {test['difference']:+.3f} "
-            f"[{test['ci_low']:+.3f}, {test['ci_high']:+.3f}], p = {test['p_value']:.3g}"
+def comparison_table(head: Head, results: Mapping[str, Mapping[str, Any]], subset: str | None = None) -> str:
+    """One head table with a row per model, for all cases or for one named subset."""
+    rows = [
+        (name, r["overall"] if subset is None else r["subsets"][subset])
+        for name, r in results.items()
+        if subset is None or subset in r["subsets"]
+    ]
+    return head.table(rows)
+
+
+def tests_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
+    """Paired tests of each model against the reference: difference, interval, p, McNemar."""
+    rows = []
+    for c in comparisons:
+        mcnemar = c.get("mcnemar")
+        rows.append(
+            [
+                f"{c['model']} vs {c['reference']}",
+                c["subset"],
+                f"{c['test']} ({c['metric']})",
+                f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+                f"{c['p_value']:.3g}",
+                "" if mcnemar is None else f"b={mcnemar['b']}, c={mcnemar['c']}, p={mcnemar['p_value']:.3g}",
+            ]
         )
-    return "\n\n".join(parts) + "\n"
+    header = ["comparison", "cases", "test", "difference [95% CI]", "p", "McNemar at the chosen rules"]
+    return markdown_table(header, rows)
+
+
+def cost_table(costs: Mapping[str, Mapping[str, float]]) -> str:
+    """Compute cost per model: size, FLOPs, training and inference time, peak memory."""
+    header = [
+        "model",
+        "parameters (M)",
+        "MB on disk",
+        "GFLOPs / case",
+        "train s / epoch",
+        "inference ms / case",
+        "peak memory (MiB)",
+    ]
+    rows = [
+        [
+            name,
+            f"{c['params_m']:.3f}",
+            f"{c['disk_mb']:.1f}",
+            f"{c['gflops_per_case']:.3f}",
+            f"{c['train_s_per_epoch']:.1f}",
+            f"{c['infer_ms_per_case']:.2f}",
+            f"{c['peak_mib']:.0f}",
+        ]
+        for name, c in costs.items()
+    ]
+    return markdown_table(header, rows)
+
+
+def headline(result: Mapping[str, Any], head: Head) -> str:
+    """``auc 0.912 [0.871, 0.948]``: the head's first metric of a result."""
+    return f"{head.headline} {interval(result['overall'][head.headline])}"

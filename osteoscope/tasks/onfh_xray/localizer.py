@@ -32,10 +32,11 @@ Method, and why:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osteoscope.data.manifest import Case, load_manifest
+from osteoscope.data.readers import read_image
 from osteoscope.errors import DataError
 
 Box = tuple[int, int, int, int]
@@ -505,3 +508,43 @@ def load_localizer(path: str | Path) -> HeadLocalizer:
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise DataError(f"corrupt femoral-head localiser ({err})", path=source) from err
     return model.eval()
+
+
+def _boxed_images(cases: Sequence[Case]) -> Iterator[tuple[np.ndarray, Box, Box]]:
+    for case in cases:
+        left, right = case.boxes.get("box_left"), case.boxes.get("box_right")
+        path = case.images.get("image")
+        if left is None or right is None or path is None:
+            continue
+        yield read_image(path).array, left, right
+
+
+def train_localizer_on_manifest(
+    data: str | Path, out: str | Path, *, epochs: int = 30, seed: int = 0, case_ids: set[str] | None = None
+) -> Path:
+    """Fit a :class:`HeadLocalizer` on the ``box_left``/``box_right`` of a dataset and save it atomically.
+
+    Args:
+        data: Dataset folder.
+        out: Weights file to write.
+        epochs: Training epochs.
+        seed: Random seed.
+        case_ids: Restrict training to these cases (e.g. a run's training split).
+    """
+    from rich.progress import Progress
+
+    manifest = load_manifest(data)
+    if "box_left" not in manifest.columns or "box_right" not in manifest.columns:
+        raise DataError("the manifest has no box_left/box_right columns to learn from", path=manifest.path)
+    cases = [c for c in manifest.cases if case_ids is None or c.case_id in case_ids]
+    with Progress(transient=True) as bar:
+        job = bar.add_task("training head localiser", total=epochs)
+        model = fit_localizer(
+            _boxed_images(cases),
+            epochs=epochs,
+            seed=seed,
+            progress=lambda epoch, total, loss: bar.update(job, completed=epoch),
+        )
+    save_localizer(model, out)
+    logging.getLogger("osteoscope").info("head localiser trained on %d cases, saved to %s", len(cases), out)
+    return Path(out)

@@ -1,0 +1,72 @@
+"""Stages: a later run starts from an earlier run's weights, selected by key prefix.
+
+``--init-from RUN[:PREFIX]`` loads the tensors of ``RUN/best.pt`` whose keys start with PREFIX (all when
+omitted) into the same keys of the new model; ``RUN:PREFIX=NEW`` renames the prefix on the way, for models
+that name the shared part differently. This is how a staging network starts from the encoder of a
+self-supervised pretext run (e.g. ``--init-from runs/mr-ct:backbone.``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from osteoscope.engine.checkpoint import load_checkpoint
+from osteoscope.engine.runs import BEST_CHECKPOINT, log
+from osteoscope.errors import ConfigError
+
+
+def parse_init_from(spec: str) -> tuple[Path, str, str]:
+    """``RUN[:PREFIX[=NEW]]`` -> (run folder, prefix, new prefix)."""
+    run, sep, prefix = spec.rpartition(":")
+    if not sep or "/" in prefix:
+        return Path(spec), "", ""
+    old, _, new = prefix.partition("=")
+    return Path(run), old, new if "=" in prefix else old
+
+
+def load_init_weights(model: nn.Module, spec: str, model_name: str) -> int:
+    """Copy the selected tensors of an earlier run into ``model``; return how many were loaded.
+
+    Raises:
+        ConfigError: When no tensor matches the prefix (listing the run's prefixes), or the selected tensors
+            do not fit the model (keys absent from it or of another shape: another architecture).
+    """
+    run, prefix, new = parse_init_from(spec)
+    state = load_checkpoint(run / BEST_CHECKPOINT)["model"]
+    selected = {new + key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    if not selected:
+        tops = sorted({key.split(".")[0] + "." for key in state})
+        raise ConfigError(
+            f"--init-from {spec}: no tensor of {run / BEST_CHECKPOINT} starts with {prefix!r} "
+            f"(its prefixes: {', '.join(tops[:8])})"
+        )
+    own = model.state_dict()
+    absent = [key for key in selected if key not in own]
+    mismatched = [
+        f"{key} {tuple(selected[key].shape)} vs {tuple(own[key].shape)}"
+        for key in selected
+        if key in own and selected[key].shape != own[key].shape
+    ]
+    if absent or mismatched:
+        detail = "; ".join(
+            part
+            for part in (
+                f"{len(absent)} tensor(s) have no counterpart in {model_name} (e.g. {absent[0]})" if absent else "",
+                f"{len(mismatched)} differ in shape (e.g. {mismatched[0]})" if mismatched else "",
+            )
+            if part
+        )
+        raise ConfigError(f"--init-from {spec}: that run is of another architecture: {detail}")
+    model.load_state_dict(selected, strict=False)
+    values = sum(t.numel() for t in selected.values())
+    log.info(
+        "initialised %d of %d tensors (%.2fM values) from %s%s",
+        len(selected),
+        len(own),
+        values / 1e6,
+        run / BEST_CHECKPOINT,
+        f" (prefix {prefix!r}" + (f" -> {new!r})" if new != prefix else ")") if prefix else "",
+    )
+    return len(selected)

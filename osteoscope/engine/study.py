@@ -1,0 +1,327 @@
+"""A study: several models (and variants, e.g. pretrained or not) compared on one task with equal footing.
+
+One YAML names the task, the shared data and training budget, a tuning grid, the models and the reference::
+
+    task: onfh-xray
+    data: {path: runs/demo/data, options: {roi_size: 64}}
+    train: {epochs: 30, batch_size: 32}
+    tuning: {lr: [3.0e-4, 1.0e-3, 3.0e-3]}
+    reference: ast
+    models:
+      ast: {model: {name: ast, preset: small}}
+      vit: {model: {name: vit, preset: small}}
+      resnet18:
+        model: {name: "timm:resnet18"}
+        variants:                        # each variant is a model of its own in the comparison
+          scratch: {}
+          imagenet: {model: {options: {pretrained_path: weights/resnet18.pth}}}
+
+Equal footing, checked rather than assumed:
+
+* one patient split for every run: it is drawn once into ``OUT/splits.csv`` and given to each run, and each
+  run's own ``splits.csv`` is compared with it afterwards; a mismatch is an error naming the run;
+* one budget: every model gets the same epochs, schedule and tuning grid (the grid's values of ``train``
+  keys, e.g. ``lr``); a model entry may not override ``train`` or the data split;
+* selection on validation only: for each model the grid point with the best validation monitor is chosen
+  (recorded in the report with every grid point's score), and only that run is evaluated on the test
+  patients, once.
+
+The report gives each model's test metrics with 95% patient-level intervals, paired tests against the
+reference model (DeLong for a binary AUC, a paired bootstrap of macro AUROC or mAP otherwise, McNemar at the
+chosen decision rules), and the compute cost of each model. Everything resumes run by run.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from osteoscope.config import ExperimentConfig, config_from_dict
+from osteoscope.data.splits import load_splits, save_splits, split_patients
+from osteoscope.engine.checkpoint import load_checkpoint
+from osteoscope.engine.cost import measure_in_subprocess
+from osteoscope.engine.evaluate import evaluate_run, load_predictions
+from osteoscope.engine.runs import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    SPLITS_FILE,
+    load_task_manifest,
+    log,
+    setup_logging,
+    task_of,
+)
+from osteoscope.engine.trainer import train
+from osteoscope.errors import ConfigError, OsteoscopeError
+from osteoscope.heads import Head, markdown_table
+from osteoscope.report.summary import comparison_table, cost_table, tests_table
+
+STUDY_KEYS = ("task", "data", "train", "loss", "model", "tuning", "reference", "models", "n_boot", "title")
+RESULT_FILE = "study.json"
+
+
+@dataclass
+class Study:
+    """A parsed study file (see the module docstring).
+
+    Attributes:
+        base: Config keys shared by every run (task, data, train, loss, model defaults).
+        models: Model label -> config overrides of that model (variants already expanded).
+        tuning: Train key -> values; every model is trained at every point of their product.
+        reference: Label of the model the others are tested against.
+        n_boot: Bootstrap replicates of intervals and paired tests.
+        title: Heading of the report.
+    """
+
+    base: dict[str, Any]
+    models: dict[str, dict[str, Any]]
+    tuning: dict[str, list[Any]] = field(default_factory=dict)
+    reference: str = ""
+    n_boot: int = 2000
+    title: str = "Study"
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The tuning grid's points, each a dict of train keys."""
+        keys = list(self.tuning)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.tuning.values())] or [{}]
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with nested ``update`` applied."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = (
+            _merge(out.get(key, {}), value)
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict)
+            else copy.deepcopy(value)
+        )
+    return out
+
+
+def parse_study(values: Mapping[str, Any]) -> Study:
+    """Validate a study mapping; unknown keys, train overrides per model and unknown grid keys are errors."""
+    unknown = sorted(set(values) - set(STUDY_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown study key(s): {', '.join(unknown)} (known: {', '.join(STUDY_KEYS)})")
+    entries = values.get("models")
+    if not isinstance(entries, Mapping) or not entries:
+        raise ConfigError("a study needs `models`: a mapping of model label -> settings")
+    base = {k: copy.deepcopy(values[k]) for k in ("task", "data", "train", "loss", "model") if k in values}
+    models: dict[str, dict[str, Any]] = {}
+    for label, entry in entries.items():
+        entry = dict(entry or {})
+        variants = entry.pop("variants", None) or {"": {}}
+        for key in entry:
+            if key not in ("model", "loss", "data"):
+                raise ConfigError(
+                    f"study model {label!r}: {key!r} cannot differ between models (shared budget); "
+                    "a model may set model, loss and data.options"
+                )
+        if set(entry.get("data", {})) - {"options"}:
+            raise ConfigError(f"study model {label!r}: only data.options may differ between models (one split)")
+        for variant, extra in variants.items():
+            name = f"{label}-{variant}" if variant else str(label)
+            models[name] = _merge(entry, extra or {})
+    tuning = {str(k).removeprefix("train."): list(v) for k, v in (values.get("tuning") or {}).items()}
+    train_keys = set(config_from_dict({}).train.__dataclass_fields__)
+    bad = sorted(set(tuning) - train_keys)
+    if bad:
+        raise ConfigError(
+            f"tuning key(s) {', '.join(bad)} are not train settings (known: {', '.join(sorted(train_keys))})"
+        )
+    reference = str(values.get("reference") or next(iter(models)))
+    if reference not in models:
+        raise ConfigError(f"study reference {reference!r} is not one of the models: {', '.join(models)}")
+    study = Study(base, models, tuning, reference, int(values.get("n_boot", 2000)), str(values.get("title", "Study")))
+    for name in models:  # every run's config must be valid before anything is trained
+        for point in study.grid():
+            run_config(study, name, point)
+    return study
+
+
+def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Study:
+    """Read a study YAML, with optional nested overrides (e.g. ``{"data": {"path": ...}}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_study(_merge(values, overrides or {}))
+
+
+def run_config(study: Study, model: str, point: Mapping[str, Any]) -> ExperimentConfig:
+    """The config of one run: shared base, the model's overrides, one grid point."""
+    values = _merge(_merge(study.base, study.models[model]), {"train": dict(point)})
+    return config_from_dict(values)
+
+
+def _point_name(point: Mapping[str, Any]) -> str:
+    return "-".join(f"{k}-{v:g}" if isinstance(v, float) else f"{k}-{v}" for k, v in point.items()) or "run"
+
+
+def _shared_split(study: Study, out: Path) -> dict[str, str]:
+    """The one patient split of the study: read from ``OUT/splits.csv`` or drawn once and saved there."""
+    path = out / SPLITS_FILE
+    if path.is_file():
+        return load_splits(path)
+    config = run_config(study, next(iter(study.models)), study.grid()[0])
+    task = task_of(config)
+    cases = load_task_manifest(task, config.data.path, skip_bad=config.data.skip_bad).cases
+    split = split_patients(cases, config.data.split_fractions, config.data.split_seed, stratum=task.stratum)
+    out.mkdir(parents=True, exist_ok=True)
+    save_splits(path, cases, split)
+    return split
+
+
+def check_split(run_dir: Path, shared: Mapping[str, str]) -> None:
+    """Raise when a run's split differs from the study's shared split."""
+    own = load_splits(run_dir / SPLITS_FILE)
+    differ = sorted(c for c in own if shared.get(c) != own[c])
+    if differ:
+        raise OsteoscopeError(
+            f"{run_dir} was trained on another split than the study ({len(differ)} case(s) differ, e.g. "
+            f"{differ[0]}: {own[differ[0]]} vs {shared.get(differ[0], 'absent')}); remove that run to retrain it"
+        )
+
+
+def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, threads: int = 0) -> dict[str, Any]:
+    """Train every model at every grid point, choose on validation, evaluate once, compare; resumable.
+
+    Returns:
+        The summary also written to ``study.json``.
+    """
+    out = Path(out_dir)
+    shared = _shared_split(study, out)
+    tuning: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, Path] = {}
+    head: Head | None = None
+    for name in study.models:
+        scores = {}
+        for point in study.grid():
+            config = run_config(study, name, point)
+            task = task_of(config)
+            head = task.head
+            run_dir = out / name / _point_name(point)
+            log.info("study: %s, %s", name, _point_name(point))
+            train(config, run_dir, resume=(run_dir / LAST_CHECKPOINT).is_file(), verbose=verbose, splits=shared)
+            check_split(run_dir, shared)
+            best = load_checkpoint(run_dir / BEST_CHECKPOINT)
+            scores[_point_name(point)] = {
+                "point": point,
+                "monitor": best["monitor"],
+                "value": float(best["value"]),
+                "epoch": best["epoch"],
+                "run": str(run_dir),
+            }
+        pick = (max if head.mode == "max" else min)(scores, key=lambda k: scores[k]["value"])
+        tuning[name] = {"chosen": pick, "points": scores}
+        chosen[name] = Path(scores[pick]["run"])
+    setup_logging(None, verbose=verbose)
+    results = {}
+    for name, run_dir in chosen.items():
+        metrics = run_dir / "eval-test" / "metrics.json"
+        results[name] = (
+            json.loads(metrics.read_text())
+            if metrics.is_file()
+            else evaluate_run(run_dir, split="test", n_boot=study.n_boot)
+        )
+    comparisons = compare_runs(study, chosen, results, head)
+    costs = {}
+    for name, run_dir in chosen.items():
+        cost_file = run_dir / "cost.json"
+        if not cost_file.is_file():
+            cost_file.write_text(json.dumps(measure_in_subprocess(run_dir, threads)))
+        costs[name] = json.loads(cost_file.read_text())
+    summary = {
+        "title": study.title,
+        "task": results[study.reference]["task"],
+        "reference": study.reference,
+        "tuning": {"grid": study.tuning, "budget": study.base.get("train", {}), "per_model": tuning},
+        "results": {
+            name: {"run": str(chosen[name]), "overall": r["overall"], "subsets": r["subsets"]}
+            for name, r in results.items()
+        },
+        "comparisons": comparisons,
+        "costs": costs,
+        "n_cases": results[study.reference]["n_cases"],
+        "n_patients": results[study.reference]["n_patients"],
+    }
+    (out / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=float))
+    (out / "report.md").write_text(study_report(summary, head, results))
+    return summary
+
+
+def compare_runs(
+    study: Study, chosen: Mapping[str, Path], results: Mapping[str, Mapping], head: Head
+) -> list[dict[str, Any]]:
+    """Paired tests of every model against the reference, on all test cases and on each subset."""
+    predictions = {name: load_predictions(run / "eval-test") for name, run in chosen.items()}
+    reference = predictions[study.reference]
+    config = run_config(study, study.reference, study.grid()[0])
+    task = task_of(config)
+    subsets = {"all test cases": None, **task.subsets()}
+    by_id = {c.case_id: c for c in load_task_manifest(task, config.data.path, skip_bad=True).cases}
+    comparisons = []
+    for name, pred in predictions.items():
+        if name == study.reference:
+            continue
+        if not np.array_equal(pred["case_id"], reference["case_id"]):
+            raise OsteoscopeError(f"{name} and {study.reference} were evaluated on different test cases")
+        known = head.known(reference["targets"])
+        for subset, keep in subsets.items():
+            mask = known & np.array([keep is None or keep(by_id[c]) for c in reference["case_id"]])
+            if not mask.any() or not head.evaluable(reference["targets"][mask]):
+                continue
+            test = head.compare(
+                reference["targets"][mask],
+                pred["values"][mask],
+                reference["values"][mask],
+                results[name]["operating_point"],
+                results[study.reference]["operating_point"],
+                reference["patient_id"][mask],
+                study.n_boot,
+                0,
+            )
+            comparisons.append({"model": name, "reference": study.reference, "subset": subset, **test})
+    return comparisons
+
+
+def study_report(summary: Mapping[str, Any], head: Head, results: Mapping[str, Mapping]) -> str:
+    """The Markdown report of a study."""
+    tuning_rows = [
+        [name, point, f"{info['value']:.4f}", info["epoch"], "chosen" if point == t["chosen"] else ""]
+        for name, t in summary["tuning"]["per_model"].items()
+        for point, info in t["points"].items()
+    ]
+    monitor = next(iter(next(iter(summary["tuning"]["per_model"].values()))["points"].values()))["monitor"]
+    subsets = sorted({s for r in results.values() for s in r["subsets"]})
+    parts = [
+        f"# {summary['title']}",
+        f"Task {summary['task']}; {summary['n_cases']} test cases of {summary['n_patients']} patients, one "
+        f"patient split for every run; reference model **{summary['reference']}**. Intervals: 95% percentile "
+        "bootstrap over patients.",
+        "## Test metrics (each model's validation-chosen run, evaluated once)",
+        comparison_table(head, results),
+        *[part for s in subsets for part in (f"### {s}", comparison_table(head, results, s))],
+        "## Paired tests against the reference",
+        tests_table(summary["comparisons"]) if summary["comparisons"] else "(only one model)",
+        "## Tuning: the same grid for every model, chosen on validation",
+        f"Grid: {json.dumps(summary['tuning']['grid'])}; shared budget: {json.dumps(summary['tuning']['budget'])}",
+        markdown_table(["model", "grid point", f"best {monitor}", "epoch", ""], tuning_rows),
+        "## Compute cost",
+        cost_table(summary["costs"]),
+        "Parameters and MB of the saved weights; FLOPs of one case's forward pass (torch.utils.flop_counter, a "
+        "multiply-add = 2 FLOPs); training seconds per epoch from the run's history; inference ms per case and "
+        "peak resident memory measured in a fresh process (one training step at the run's batch size, then "
+        "inference).",
+    ]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,637 @@
+"""Heads: what a task predicts, and everything the engine derives from that.
+
+A task names one head: ``binary`` (one logit), ``multiclass`` (K named classes), ``multilabel`` (L named
+labels) or ``pretext`` (an image, for a self-supervised stage such as MR -> CT translation). From the head
+come the activation, the default loss, the validation score that selects the best epoch (with its
+direction), the metrics with 95% patient-level bootstrap intervals, the paired tests between two models, the
+plots, the report tables and the columns of ``predictions.csv``. The engine calls these methods and so
+never needs to know which kind of target it is training.
+
+Metric results are nested dicts in which every estimated figure is an interval dict
+``{"estimate", "low", "high", "se", "n_boot", "n_valid"}`` (see :func:`osteoscope.metrics.bootstrap_ci`);
+counts, names and confusion matrices stay plain.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from osteoscope.errors import ConfigError
+from osteoscope.losses import BinaryLoss, ImageLoss, MulticlassLoss, MultilabelLoss
+from osteoscope.metrics import (
+    binary_metrics,
+    bootstrap_metrics,
+    bootstrap_multiclass,
+    bootstrap_multilabel,
+    bootstrap_structured,
+    delong_test,
+    mcnemar_test,
+    multiclass_metrics,
+    multilabel_metrics,
+    paired_bootstrap_test,
+    roc_auc,
+    youden_threshold,
+)
+
+Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
+def interval(value: Mapping[str, float]) -> str:
+    """``0.912 [0.871, 0.948]`` for an interval dict."""
+    return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table from a header and rows of cells (already formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A loss or builder that takes no options."""
+
+
+@dataclass(frozen=True)
+class WeightedLossOptions:
+    """Options of the binary and multi-label cross-entropy.
+
+    Attributes:
+        pos_weight: Weight of positive targets (e.g. negatives / positives), or None for 1.
+    """
+
+    pos_weight: float | None = None
+
+
+@dataclass(frozen=True)
+class MulticlassLossOptions:
+    """Options of the multi-class cross-entropy.
+
+    Attributes:
+        label_smoothing: Share of the target mass spread over all classes.
+        class_weights: One weight per class, or None.
+    """
+
+    label_smoothing: float = 0.0
+    class_weights: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ImageLossOptions:
+    """Options of a pretext stage's image loss.
+
+    Attributes:
+        kind: ``l1`` or ``l2``.
+    """
+
+    kind: str = "l1"
+
+
+class Head(ABC):
+    """What a task predicts. Subclasses define one kind of target.
+
+    Args:
+        names: Class names (multi-class), label names (multi-label), or the negative and positive class
+            names (binary), as shown in reports.
+    """
+
+    kind: ClassVar[str]
+    monitor: ClassVar[str]  # name of the validation score that selects the best epoch
+    mode: ClassVar[str]  # "max" or "min": the direction in which the monitor improves
+    headline: ClassVar[str]  # the metric quoted first in logs and comparisons
+    diagnostic: ClassVar[bool] = True  # False for a pretext stage, which predicts no diagnosis
+    LossOptions: ClassVar[type] = NoOptions
+
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self.names = tuple(names)
+
+    def __repr__(self) -> str:
+        return f"{self.kind} head ({', '.join(self.names)})" if self.names else f"{self.kind} head"
+
+    @property
+    def outputs(self) -> int:
+        """Number of logits per case."""
+        return len(self.names)
+
+    def model_kwargs(self) -> dict[str, int]:
+        """What a model of this head is built with: ``num_classes`` (1 for binary, K, or L)."""
+        return {"num_classes": self.outputs}
+
+    def logits(self, raw: Any, model: str, task: str) -> torch.Tensor:
+        """The model's ``logits`` checked against the head's shape (B, outputs); a mismatch names both."""
+        if not isinstance(raw, torch.Tensor) or raw.ndim != 2 or raw.shape[1] != self.outputs:
+            shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+            raise ConfigError(
+                f"model {model} returns logits of shape {shape}, but task {task} has a {self!r} "
+                f"that needs (batch, {self.outputs})"
+            )
+        return raw
+
+    @abstractmethod
+    def make_loss(self, options: Any) -> nn.Module:
+        """The default loss of this head kind, from its :attr:`LossOptions`."""
+
+    @abstractmethod
+    def case_values(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """What inference keeps per case: probabilities, or the error of a pretext stage."""
+
+    def case_targets(self, target: torch.Tensor) -> torch.Tensor:
+        """What inference keeps of the targets: the labels themselves (an image target is not kept)."""
+        return target
+
+    @abstractmethod
+    def score(self, targets: np.ndarray, values: np.ndarray) -> float:
+        """The monitored validation score (NaN when undefined, e.g. a single class)."""
+
+    def known(self, targets: np.ndarray) -> np.ndarray:
+        """Cases whose target is known (rows with a NaN or -1 target are left out of metrics)."""
+        return ~np.isnan(targets.reshape(len(targets), -1)).any(axis=1)
+
+    def evaluable(self, targets: np.ndarray) -> bool:
+        """Whether metrics are defined on these targets (e.g. both classes present)."""
+        return len(targets) > 1
+
+    decision: ClassVar[str] = ""  # the fixed decision rule of heads that choose none on validation
+
+    def operating_point(self, targets: np.ndarray | None, values: np.ndarray | None) -> dict[str, Any]:
+        """The decision rule (``source`` says what it is), chosen on validation when the head has one to choose."""
+        return {"source": self.decision}
+
+    @abstractmethod
+    def evaluate(
+        self,
+        targets: np.ndarray,
+        values: np.ndarray,
+        groups: np.ndarray,
+        operating: Mapping[str, Any],
+        n_boot: int,
+        seed: int,
+    ) -> dict[str, Any]:
+        """Metrics with 95% bootstrap intervals, resampling whole ``groups`` (patients)."""
+
+    @abstractmethod
+    def compare(
+        self,
+        targets: np.ndarray,
+        values_a: np.ndarray,
+        values_b: np.ndarray,
+        operating_a: Mapping[str, Any],
+        operating_b: Mapping[str, Any],
+        groups: np.ndarray,
+        n_boot: int,
+        seed: int,
+    ) -> dict[str, Any]:
+        """Paired tests of model A against model B on the same cases."""
+
+    def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
+        """Plots of one or several models' results on the same cases; returns name -> PNG path."""
+        return {}
+
+    @abstractmethod
+    def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+        """A Markdown table of results, one row per (label, result)."""
+
+    @abstractmethod
+    def columns(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns of ``predictions.csv`` holding the per-case values."""
+
+    @abstractmethod
+    def target_columns(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns of ``predictions.csv`` holding the targets."""
+
+    def aggregate(self, targets: np.ndarray, values: np.ndarray, groups: np.ndarray, how: str) -> tuple:
+        """One row per group (e.g. a patient's images): targets by maximum, values by ``mean`` or ``max``.
+
+        Returns:
+            ``(targets, values, group_ids)`` of the groups, in sorted group order.
+        """
+        if how not in ("mean", "max"):
+            raise ConfigError(f"aggregation must be mean or max, got {how!r}")
+        ids, index = np.unique(groups, return_inverse=True)
+        reduce = np.mean if how == "mean" else np.max
+        agg_targets = np.stack([targets[index == g].max(axis=0) for g in range(len(ids))])
+        agg_values = np.stack([reduce(values[index == g], axis=0) for g in range(len(ids))])
+        return agg_targets, agg_values, ids
+
+
+class BinaryHead(Head):
+    """One logit; sigmoid; BCE; monitored by validation AUC; threshold by Youden's J on validation."""
+
+    kind = "binary"
+    monitor = "auc"
+    mode = "max"
+    headline = "auc"
+    LossOptions = WeightedLossOptions
+    TABLE = ("auc", "sensitivity", "specificity", "precision", "f1", "accuracy")
+
+    def __init__(self, names: Sequence[str] = ("negative", "positive")) -> None:
+        if len(names) != 2:
+            raise ValueError(f"a binary head needs a negative and a positive name, got {names!r}")
+        super().__init__(names)
+
+    @property
+    def outputs(self) -> int:
+        return 1
+
+    def logits(self, raw: Any, model: str, task: str) -> torch.Tensor:
+        if isinstance(raw, torch.Tensor) and raw.ndim == 2 and raw.shape[1] == 1:
+            raw = raw[:, 0]
+        if not isinstance(raw, torch.Tensor) or raw.ndim != 1:
+            shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+            raise ConfigError(
+                f"model {model} returns logits of shape {shape}, but task {task} has a {self!r} "
+                "that needs (batch,) or (batch, 1)"
+            )
+        return raw
+
+    def make_loss(self, options: WeightedLossOptions) -> nn.Module:
+        return BinaryLoss(options.pos_weight)
+
+    def case_values(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits.float())
+
+    def score(self, targets: np.ndarray, values: np.ndarray) -> float:
+        known = self.known(targets)
+        if not self.evaluable(targets[known]):
+            return float("nan")
+        return roc_auc(targets[known].astype(int), values[known])
+
+    def evaluable(self, targets: np.ndarray) -> bool:
+        return len(np.unique(targets)) == 2
+
+    def operating_point(self, targets: np.ndarray | None, values: np.ndarray | None) -> dict[str, Any]:
+        if targets is None or values is None or not self.evaluable(targets):
+            return {"threshold": 0.5, "source": "fixed 0.5"}
+        return {"threshold": youden_threshold(targets.astype(int), values), "source": "Youden's J on validation"}
+
+    def evaluate(self, targets, values, groups, operating, n_boot, seed) -> dict[str, Any]:
+        y, threshold = targets.astype(int), float(operating["threshold"])
+        point = binary_metrics(y, values, threshold=threshold)
+        intervals = bootstrap_metrics(y, values, threshold=threshold, groups=groups, n_boot=n_boot, seed=seed)
+        return {
+            "n": point["n"],
+            "n_positive": point["n_positive"],
+            "threshold": threshold,
+            "confusion_matrix": point["confusion_matrix"],
+            **intervals,
+        }
+
+    def compare(self, targets, values_a, values_b, operating_a, operating_b, groups, n_boot, seed) -> dict:
+        y = targets.astype(int)
+        delong = delong_test(y, values_a, values_b)
+        mcnemar = mcnemar_test(
+            y,
+            (values_a >= operating_a["threshold"]).astype(int),
+            (values_b >= operating_b["threshold"]).astype(int),
+        )
+        return {
+            "metric": "auc",
+            "test": "DeLong",
+            "difference": delong["difference"],
+            "ci_low": delong["ci_low"],
+            "ci_high": delong["ci_high"],
+            "p_value": delong["p_value"],
+            "mcnemar": mcnemar,
+        }
+
+    def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
+        from osteoscope.report.plots import plot_confusion_matrix, plot_roc
+
+        points = {
+            f"{name} at threshold": (1 - r["specificity"]["estimate"], r["sensitivity"]["estimate"])
+            for name, r in results.items()
+        }
+        paths = {"roc": plot_roc(dict(curves), out_dir / f"{prefix}roc.png", operating_points=points)}
+        if len(results) == 1:
+            ((name, result),) = results.items()
+            paths["confusion"] = plot_confusion_matrix(
+                result["confusion_matrix"], list(self.names), out_dir / f"{prefix}confusion.png", title=name
+            )
+        return {k: str(v) for k, v in paths.items()}
+
+    def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+        body = [[label, f"{r['n']} ({r['n_positive']})", *(interval(r[m]) for m in self.TABLE)] for label, r in rows]
+        return markdown_table(["", "n (pos)", *self.TABLE], body)
+
+    def columns(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        return {"probability": values}
+
+    def target_columns(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {"label": targets.astype(int)}
+
+
+class MulticlassHead(Head):
+    """K logits; softmax; cross-entropy; monitored by macro one-vs-rest AUROC; prediction by argmax."""
+
+    kind = "multiclass"
+    decision = "the most probable class (argmax)"
+    monitor = "macro_auc"
+    mode = "max"
+    headline = "macro_auc"
+    LossOptions = MulticlassLossOptions
+
+    def __init__(self, names: Sequence[str]) -> None:
+        if len(names) < 2:
+            raise ValueError(f"a multi-class head needs at least two class names, got {names!r}")
+        super().__init__(names)
+
+    def make_loss(self, options: MulticlassLossOptions) -> nn.Module:
+        if options.class_weights is not None and len(options.class_weights) != self.outputs:
+            raise ConfigError(f"loss.options.class_weights needs {self.outputs} values ({', '.join(self.names)})")
+        return MulticlassLoss(options.label_smoothing, options.class_weights)
+
+    def case_values(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float(), dim=1)
+
+    def known(self, targets: np.ndarray) -> np.ndarray:
+        return targets >= 0
+
+    def evaluable(self, targets: np.ndarray) -> bool:
+        return len(np.unique(targets)) >= 2
+
+    def score(self, targets: np.ndarray, values: np.ndarray) -> float:
+        known = self.known(targets)
+        if not self.evaluable(targets[known]):
+            return float("nan")
+        return multiclass_metrics(targets[known], values[known])["macro_auc"]
+
+    def evaluate(self, targets, values, groups, operating, n_boot, seed) -> dict[str, Any]:
+        return bootstrap_multiclass(
+            targets.astype(int), values, class_names=list(self.names), groups=groups, n_boot=n_boot, seed=seed
+        )
+
+    def compare(self, targets, values_a, values_b, operating_a, operating_b, groups, n_boot, seed) -> dict:
+        y = targets.astype(int)
+        test = paired_bootstrap_test(
+            lambda t, p: multiclass_metrics(t, p)["macro_auc"],
+            y,
+            values_a,
+            values_b,
+            strata=y,
+            groups=groups,
+            n_boot=n_boot,
+            seed=seed,
+        )
+        right_a = (values_a.argmax(axis=1) == y).astype(int)
+        right_b = (values_b.argmax(axis=1) == y).astype(int)
+        return {
+            "metric": "macro_auc",
+            "test": "paired bootstrap",
+            **{k: test[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
+            "mcnemar": mcnemar_test(np.ones_like(y), right_a, right_b),
+        }
+
+    def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
+        from osteoscope.report.plots import plot_confusion_matrix, plot_roc_multiclass
+
+        paths = {}
+        for name, (targets, values) in curves.items():
+            tag = f"{prefix}{name}-" if len(curves) > 1 else prefix
+            paths[f"{tag}roc"] = plot_roc_multiclass(
+                targets.astype(int), values, list(self.names), out_dir / f"{tag}roc.png", title=f"{name}: one vs rest"
+            )
+            paths[f"{tag}confusion"] = plot_confusion_matrix(
+                results[name]["confusion_matrix"], list(self.names), out_dir / f"{tag}confusion.png", title=name
+            )
+        return {k: str(v) for k, v in paths.items()}
+
+    def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+        summary = markdown_table(
+            ["", "n", "macro AUROC", "accuracy"],
+            [[label, r["n"], interval(r["macro_auc"]), interval(r["accuracy"])] for label, r in rows],
+        )
+        per_class = markdown_table(
+            ["", "class", "n", "AUROC (vs rest)", "sensitivity", "specificity"],
+            [
+                [label, c["name"], c["n"], interval(c["auc"]), interval(c["sensitivity"]), interval(c["specificity"])]
+                for label, r in rows
+                for c in r["per_class"]
+            ],
+        )
+        matrices = []
+        for label, r in rows:
+            cells = [[self.names[i], *row] for i, row in enumerate(r["confusion_matrix"])]
+            matrices.append(
+                f"Confusion matrix, {label} (rows true, columns predicted):\n\n"
+                + markdown_table(["true \\ predicted", *self.names], cells)
+            )
+        return "\n\n".join([summary, per_class, *matrices])
+
+    def columns(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        named = {f"p_{name}": values[:, i] for i, name in enumerate(self.names)}
+        return {**named, "predicted": np.array(self.names)[values.argmax(axis=1)]}
+
+    def target_columns(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {"label": targets.astype(int), "true": np.array([*self.names, ""])[targets.astype(int)]}
+
+    def aggregate(self, targets: np.ndarray, values: np.ndarray, groups: np.ndarray, how: str) -> tuple:
+        if how != "mean":
+            raise ConfigError("multi-class probabilities aggregate by mean only (a max would not sum to 1)")
+        return super().aggregate(targets, values, groups, how)
+
+
+class MultilabelHead(Head):
+    """L logits; sigmoid per label; BCE; monitored by mAP; one threshold for all labels (default 0.5).
+
+    The threshold follows the MSRT calcaneus paper's fixed operating point; it is a head argument, not
+    tuned on validation, so the reported P-C/R-C/F1-C and P-O/R-O/F1-O are those of a pre-set rule.
+    """
+
+    kind = "multilabel"
+    monitor = "map"
+    mode = "max"
+    headline = "map"
+    LossOptions = WeightedLossOptions
+    TABLE = ("exact_match", "p_c", "r_c", "f1_c", "p_o", "r_o", "f1_o", "map")
+
+    def __init__(self, names: Sequence[str], threshold: float = 0.5) -> None:
+        if not names:
+            raise ValueError("a multi-label head needs label names")
+        super().__init__(names)
+        self.threshold = threshold
+
+    def make_loss(self, options: WeightedLossOptions) -> nn.Module:
+        return MultilabelLoss(options.pos_weight)
+
+    def case_values(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits.float())
+
+    def score(self, targets: np.ndarray, values: np.ndarray) -> float:
+        known = self.known(targets)
+        if not known.any():
+            return float("nan")
+        return multilabel_metrics(targets[known].astype(int), values[known])["map"]
+
+    def operating_point(self, targets: np.ndarray | None, values: np.ndarray | None) -> dict[str, Any]:
+        return {"threshold": self.threshold, "source": f"fixed {self.threshold:g} for every label"}
+
+    def evaluate(self, targets, values, groups, operating, n_boot, seed) -> dict[str, Any]:
+        return bootstrap_multilabel(
+            targets.astype(int),
+            values,
+            threshold=float(operating["threshold"]),
+            class_names=list(self.names),
+            groups=groups,
+            n_boot=n_boot,
+            seed=seed,
+        )
+
+    def compare(self, targets, values_a, values_b, operating_a, operating_b, groups, n_boot, seed) -> dict:
+        y = targets.astype(int)
+        test = paired_bootstrap_test(
+            lambda t, s: multilabel_metrics(t, s)["map"], y, values_a, values_b, groups=groups, n_boot=n_boot, seed=seed
+        )
+        exact_a = np.all((values_a >= operating_a["threshold"]) == (y == 1), axis=1).astype(int)
+        exact_b = np.all((values_b >= operating_b["threshold"]) == (y == 1), axis=1).astype(int)
+        return {
+            "metric": "map",
+            "test": "paired bootstrap",
+            **{k: test[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
+            "mcnemar": mcnemar_test(np.ones_like(exact_a), exact_a, exact_b),
+        }
+
+    def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
+        from osteoscope.report.plots import plot_precision_recall
+
+        paths = {}
+        for name, (targets, values) in curves.items():
+            tag = f"{prefix}{name}-" if len(curves) > 1 else prefix
+            per_label = {
+                label: (targets[:, j].astype(int), values[:, j])
+                for j, label in enumerate(self.names)
+                if targets[:, j].any()
+            }
+            if per_label:
+                paths[f"{tag}pr"] = plot_precision_recall(
+                    per_label, out_dir / f"{tag}pr.png", title=f"{name}: precision-recall per label"
+                )
+        return {k: str(v) for k, v in paths.items()}
+
+    def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+        names = {
+            "exact_match": "exact match",
+            "p_c": "P-C",
+            "r_c": "R-C",
+            "f1_c": "F1-C",
+            "p_o": "P-O",
+            "r_o": "R-O",
+            "f1_o": "F1-O",
+            "map": "mAP",
+        }
+        overall = markdown_table(
+            ["", "n", *(names[m] for m in self.TABLE)],
+            [[label, r["n"], *(interval(r[m]) for m in self.TABLE)] for label, r in rows],
+        )
+        per_label = markdown_table(
+            ["", "label", "n positive", "ACC", "F1", "AP"],
+            [
+                [label, c["name"], c["n_positive"], interval(c["acc"]), interval(c["f1"]), interval(c["ap"])]
+                for label, r in rows
+                for c in r["per_class"]
+            ],
+        )
+        return f"{overall}\n\n{per_label}"
+
+    def columns(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        return {f"p_{name}": values[:, j] for j, name in enumerate(self.names)}
+
+    def target_columns(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {f"label_{name}": targets[:, j].astype(int) for j, name in enumerate(self.names)}
+
+
+class PretextHead(Head):
+    """An image output (e.g. MR -> CT translation) for a self-supervised stage; monitored by the validation
+    mean absolute error per case (mode min), the L1 loss the stage trains on by default."""
+
+    kind = "pretext"
+    decision = "none (an image output)"
+    monitor = "mae"
+    mode = "min"
+    headline = "mae"
+    diagnostic = False
+    LossOptions = ImageLossOptions
+
+    def __init__(self, names: Sequence[str] = ("image",), channels: int = 1) -> None:
+        super().__init__(names)
+        self.channels = channels
+
+    @property
+    def outputs(self) -> int:
+        return self.channels
+
+    def model_kwargs(self) -> dict[str, int]:
+        return {"out_chans": self.channels}
+
+    def logits(self, raw: Any, model: str, task: str) -> torch.Tensor:
+        if not isinstance(raw, torch.Tensor) or raw.ndim < 4 or raw.shape[1] != self.channels:
+            shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+            raise ConfigError(
+                f"model {model} returns logits of shape {shape}, but task {task} has a {self!r} "
+                f"that needs an image (batch, {self.channels}, *spatial)"
+            )
+        return raw
+
+    def make_loss(self, options: ImageLossOptions) -> nn.Module:
+        if options.kind not in ("l1", "l2"):
+            raise ConfigError(f"loss.options.kind must be l1 or l2, got {options.kind!r}")
+        return ImageLoss(options.kind)
+
+    def case_values(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape != target.shape:
+            raise ConfigError(f"predicted image {tuple(logits.shape)} and target {tuple(target.shape)} differ")
+        return (logits.float() - target.float()).abs().flatten(1).mean(dim=1, keepdim=True)
+
+    def case_targets(self, target: torch.Tensor) -> torch.Tensor:
+        return target.new_zeros((target.shape[0], 1))
+
+    def known(self, targets: np.ndarray) -> np.ndarray:
+        return np.ones(len(targets), dtype=bool)
+
+    def score(self, targets: np.ndarray, values: np.ndarray) -> float:
+        return float(values.mean()) if len(values) else float("nan")
+
+    def evaluate(self, targets, values, groups, operating, n_boot, seed) -> dict[str, Any]:
+        result = bootstrap_structured(
+            lambda t, v: {"mae": float(v.mean())}, targets, values, groups=groups, n_boot=n_boot, seed=seed
+        )
+        return {"n": len(values), **result}
+
+    def compare(self, targets, values_a, values_b, operating_a, operating_b, groups, n_boot, seed) -> dict:
+        test = paired_bootstrap_test(
+            lambda t, v: float(v.mean()), targets, values_a, values_b, groups=groups, n_boot=n_boot, seed=seed
+        )
+        return {
+            "metric": "mae",
+            "test": "paired bootstrap",
+            **{k: test[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
+        }
+
+    def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+        return markdown_table(
+            ["", "n", "mean absolute error"], [[label, r["n"], interval(r["mae"])] for label, r in rows]
+        )
+
+    def columns(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        return {"mae": values[:, 0]}
+
+    def target_columns(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+
+HEADS: dict[str, type[Head]] = {h.kind: h for h in (BinaryHead, MulticlassHead, MultilabelHead, PretextHead)}
+
+
+def make_head(kind: str, names: Sequence[str] | None = None) -> Head:
+    """A head of ``kind`` (as saved in metrics.json), with its names when the kind needs them."""
+    if kind not in HEADS:
+        raise ConfigError(f"unknown head kind {kind!r} (known: {', '.join(HEADS)})")
+    return HEADS[kind](names) if names else HEADS[kind]()

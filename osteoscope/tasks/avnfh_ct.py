@@ -1,0 +1,122 @@
+"""Task ``avnfh-ct``: femoral-head necrosis on a 3-D CT box (SRANet seed).
+
+Binary necrosis (ARCO I-IV vs 0, as SRANet's public data loader maps its labels) by default;
+``data.options.target: stage`` gives the 5-class ARCO 0-IV head instead, read from the ``stage`` column.
+The sample is the CT cropped to the femoral-head ``box``, clipped to an HU window, resampled to isotropic
+voxels and padded to ``size`` (SRANet: 128^3), with its coarse bone ``mask``.
+
+Augmentation defaults follow SRANet's public loader where it is explicit: a random axis flip with p 0.3
+(here each axis flips with p 0.1, so about 0.27 of samples get at least one flip), rotation up to 45
+degrees, scale 0.1 and a shift of up to 32/128 of the box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from osteoscope.data.cache import DecodedCache
+from osteoscope.data.datasets import VolumeWithMask
+from osteoscope.data.manifest import Case
+from osteoscope.errors import ConfigError, DataError
+from osteoscope.heads import BinaryHead, Head, MulticlassHead
+from osteoscope.phantoms import avnfh_ct as avnfh_ct_phantom
+from osteoscope.tasks.base import AugmentOptions, CasePredicate, Schema, StudyInputs, Task, class_index, label_of
+
+STAGES = ("ARCO 0", "ARCO I", "ARCO II", "ARCO III", "ARCO IV")
+
+
+@dataclass(frozen=True)
+class Options(AugmentOptions):
+    """Sample options of ``avnfh-ct``.
+
+    Attributes:
+        target: ``necrosis`` (binary, column ``label``) or ``stage`` (ARCO 0-IV, column ``stage``).
+        size: Output (D, H, W) in voxels.
+        window: HU range the volume is clipped to before normalisation (SRANet does not publish its own).
+        keep_aspect: Resample to isotropic voxels and pad (True) or stretch to ``size``.
+        mask_as_channel: Append the bone mask to the image as a second channel, for models without a
+            mask input.
+    """
+
+    target: str = "necrosis"
+    size: tuple[int, int, int] = (128, 128, 128)
+    window: tuple[float, float] = (-200.0, 1500.0)
+    keep_aspect: bool = True
+    mask_as_channel: bool = False
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    flip_p: float = 0.1
+    rotate_deg: float = 45.0
+    scale: float = 0.1
+    translate: float = 0.25
+    intensity: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.target not in ("necrosis", "stage"):
+            raise ConfigError(f"data.options.target must be necrosis or stage, got {self.target!r}")
+        if len(self.size) != 3:
+            raise ConfigError(f"data.options.size must be three numbers (D, H, W), got {list(self.size)}")
+
+
+class AvnfhCt(Task):
+    name = "avnfh-ct"
+    description = "femoral-head necrosis yes/no (or ARCO stage 0-IV with target: stage) from a 3-D CT box (SRANet)"
+    default_model = "monai:resnet10"
+    phantom = staticmethod(avnfh_ct_phantom.generate)
+    Options = Options
+
+    @property
+    def head(self) -> Head:
+        if self.options.target == "stage":
+            return MulticlassHead(STAGES)
+        return BinaryHead(("no necrosis", "necrosis"))
+
+    @property
+    def schema(self) -> Schema:
+        if self.options.target == "stage":
+            return Schema(required=("image",))
+        return Schema(labels=("label",), label_values={"label": (0, 1)}, required=("image",))
+
+    def target(self, case: Case) -> torch.Tensor:
+        if self.options.target == "stage":
+            if case.stage is not None and case.stage not in range(len(STAGES)):
+                raise DataError(f"stage {case.stage} is not an ARCO stage 0-4", case_id=case.case_id)
+            return class_index(case.stage)
+        return torch.tensor(label_of(case, "label"), dtype=torch.float32)
+
+    def stratum(self, case: Case) -> int:
+        return -1 if case.stage is None else case.stage
+
+    def builder(self, train: bool, cache: DecodedCache | None) -> VolumeWithMask:
+        o = self.options
+        return VolumeWithMask(
+            size=o.size,
+            window=o.window,
+            keep_aspect=o.keep_aspect,
+            mask_as_channel=o.mask_as_channel,
+            target=self.target,
+            augmentation=o.augmentation() if train else None,
+            cache=cache,
+        )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"in_chans": 2 if self.options.mask_as_channel else 1, "img_size": self.options.size, "spatial_dims": 3}
+
+    def subsets(self) -> dict[str, CasePredicate]:
+        if self.options.target == "stage":
+            return {}
+        return {"early (ARCO I-II)": lambda case: case.labels.get("label") == 0 or case.stage in (1, 2)}
+
+    def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
+        """A CT (NIfTI file or DICOM series folder) with the femoral-head ``--box`` and, when the model or
+        ``mask_as_channel`` needs it, the bone ``--mask``."""
+        case = super().study_case(inputs, run_dir)
+        if self.options.mask_as_channel and "mask" not in case.masks:
+            raise ConfigError(f"{self} with mask_as_channel needs the bone mask: --mask FILE")
+        return case
+
+
+TASK = AvnfhCt

@@ -1,0 +1,112 @@
+"""Task ``onfh-mr-staging``: four-way ARCO staging (I-IV) of one hip from five MR protocols (Med Phys 2023).
+
+The sample holds the protocols ``image_t1``, ``image_t2``, ``image_pdfs``, ``image_stir`` and ``image_t1fs``
+(any may be missing: zeros, with a present flag). ``stack: channels`` (default) feeds them as channels of
+one image to a plain CNN, followed by one constant present-plane per protocol; ``stack: protocols`` gives
+(P, 1, H, W) for fusion models that encode each protocol. The label column ``label`` holds 0-3 for
+ARCO I-IV.
+
+``target: ct`` is the self-supervised pretext stage of the paper: the same MR input, the paired CT
+(``image_ct``) as an image target, an L1 loss, the validation error as the monitor, and no labels needed, so
+a manifest of unlabelled MR-CT pairs works. A staging run then starts from its encoder with
+``--init-from PRETEXT_RUN:backbone.``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from osteoscope.data.cache import DecodedCache
+from osteoscope.data.datasets import MultiProtocol
+from osteoscope.data.manifest import Case
+from osteoscope.errors import ConfigError
+from osteoscope.heads import Head, MulticlassHead, PretextHead
+from osteoscope.phantoms import onfh_mr_staging as onfh_mr_phantom
+from osteoscope.tasks.base import AugmentOptions, Schema, Task, class_index
+
+STAGES = ("ARCO I", "ARCO II", "ARCO III", "ARCO IV")
+
+
+@dataclass(frozen=True)
+class Options(AugmentOptions):
+    """Sample options of ``onfh-mr-staging``.
+
+    Attributes:
+        target: ``stage`` (ARCO I-IV from ``label``) or ``ct`` (pretext: predict the paired CT).
+        protocols: Protocol names; their images are the columns ``image_<name>``.
+        size: Size every protocol is resized to, (H, W) or (D, H, W).
+        stack: ``channels`` (one multi-channel image) or ``protocols`` ((P, 1, ...) per protocol).
+        present_planes: With ``stack: channels``, append one constant 0/1 plane per protocol.
+    """
+
+    target: str = "stage"
+    protocols: tuple[str, ...] = ("t1", "t2", "pdfs", "stir", "t1fs")
+    size: tuple[int, ...] = (64, 64)
+    stack: str = "channels"
+    present_planes: bool = True
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    translate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.target not in ("stage", "ct"):
+            raise ConfigError(f"data.options.target must be stage or ct, got {self.target!r}")
+        if self.stack not in ("channels", "protocols"):
+            raise ConfigError(f"data.options.stack must be channels or protocols, got {self.stack!r}")
+        if not self.protocols:
+            raise ConfigError("data.options.protocols must name at least one protocol")
+
+
+class OnfhMrStaging(Task):
+    name = "onfh-mr-staging"
+    description = "ARCO stage I-IV of one hip from five MR protocols; target: ct is the MR->CT pretext stage"
+    default_model = "timm:vgg16_bn"
+    phantom = staticmethod(onfh_mr_phantom.generate)
+    Options = Options
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(f"image_{p}" for p in self.options.protocols)
+
+    @property
+    def head(self) -> Head:
+        return PretextHead(("CT",)) if self.options.target == "ct" else MulticlassHead(STAGES)
+
+    @property
+    def schema(self) -> Schema:
+        if self.options.target == "ct":
+            return Schema(required=("image_ct",), any_of=self.columns)
+        return Schema(labels=("label",), label_values={"label": (0, 1, 2, 3)}, any_of=self.columns)
+
+    def target(self, case: Case) -> torch.Tensor:
+        return class_index(case.labels.get("label"))
+
+    def builder(self, train: bool, cache: DecodedCache | None) -> MultiProtocol:
+        o = self.options
+        pretext = o.target == "ct"
+        return MultiProtocol(
+            columns=self.columns,
+            size=o.size,
+            stack=o.stack,
+            present_planes=o.present_planes,
+            target_column="image_ct" if pretext else None,
+            target=None if pretext else self.target,
+            augmentation=o.augmentation() if train else None,
+            cache=cache,
+        )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        channels = len(o.protocols) * (2 if o.present_planes else 1) if o.stack == "channels" else 1
+        return {
+            "in_chans": channels,
+            "num_protocols": len(o.protocols),
+            "img_size": o.size,
+            "spatial_dims": len(o.size),
+        }
+
+
+TASK = OnfhMrStaging

@@ -1,0 +1,151 @@
+"""Task ``onfh-xray``: ONFH yes/no from the two femoral heads of an AP pelvis radiograph (AsT seed).
+
+Binary, with a per-side score for each head. The sample is the pair of head ROIs (the patient's right one
+mirrored); the loss is AsT's bilateral objective (patient BCE + per-side BCE + difference loss, Eq. 3).
+``predict`` takes a radiograph with the two head boxes, or finds them with the femoral-head localiser of
+:mod:`osteoscope.tasks.onfh_xray.localizer` (stored as ``RUN/localizer.pt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from osteoscope.data.cache import DecodedCache
+from osteoscope.data.datasets import BilateralRois, side_target
+from osteoscope.data.manifest import Case
+from osteoscope.data.readers import read_image
+from osteoscope.errors import DataError
+from osteoscope.heads import BinaryHead, Head
+from osteoscope.losses import BilateralLoss
+from osteoscope.phantoms import onfh_xray as onfh_xray_phantom
+from osteoscope.tasks.base import CasePredicate, ExtraEvaluation, Schema, StudyInputs, Task, label_of
+
+LOCALIZER_FILE = "localizer.pt"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Sample options of ``onfh-xray``.
+
+    Attributes:
+        roi_size: Side of each femoral-head ROI after resizing, in pixels.
+        mirror_right: Mirror the patient's right ROI so both heads face the same way.
+        box_jitter: Training-time random shift/scale of the ROI boxes, as a fraction of the box size.
+        intensity: Strength of the training intensity augmentation (0 = off).
+        swap_sides: Swap the two sides (and their side labels) in half of the training samples.
+    """
+
+    roi_size: int = 64
+    mirror_right: bool = True
+    box_jitter: float = 0.05
+    intensity: float = 1.0
+    swap_sides: bool = True
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """AsT's bilateral loss.
+
+    Attributes:
+        diff_weight: Weight of the difference loss (AsT Eq. 3; the paper does not give it).
+        margin: The margin m of Eq. 3.
+        side_weight: Weight of the per-side BCE.
+        pos_weight: Positive-class weight of the patient-level BCE, or None.
+    """
+
+    diff_weight: float = 0.1
+    margin: float = 1.0
+    side_weight: float = 0.5
+    pos_weight: float | None = None
+
+
+class OnfhXray(Task):
+    name = "onfh-xray"
+    description = "ONFH yes/no (+ per-side scores) from the two femoral heads of an AP pelvis radiograph (AsT)"
+    default_model = "ast"
+    phantom = staticmethod(onfh_xray_phantom.generate)
+    Options = Options
+    LossOptions = LossOptions
+    extra_outputs: ClassVar[Mapping[str, tuple[str, ...]]] = {"side_logits": ("p_left", "p_right")}
+
+    @property
+    def head(self) -> Head:
+        return BinaryHead(("no ONFH", "ONFH"))
+
+    @property
+    def schema(self) -> Schema:
+        return Schema(labels=("label",), label_values={"label": (0, 1)}, required=("image",))
+
+    def target(self, case: Case) -> torch.Tensor:
+        return torch.tensor(label_of(case, "label"), dtype=torch.float32)
+
+    def builder(self, train: bool, cache: DecodedCache | None) -> BilateralRois:
+        o = self.options
+        return BilateralRois(
+            size=o.roi_size,
+            mirror_right=o.mirror_right,
+            box_jitter=o.box_jitter if train else 0.0,
+            intensity_strength=o.intensity,
+            swap_sides=o.swap_sides and train,
+            target=self.target,
+            cache=cache,
+        )
+
+    def loss(self) -> nn.Module:
+        o = self.loss_options
+        return BilateralLoss(
+            diff_weight=o.diff_weight, margin=o.margin, side_weight=o.side_weight, pos_weight=o.pos_weight
+        )
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"img_size": self.options.roi_size, "in_chans": 1, "spatial_dims": 2}
+
+    def subsets(self) -> dict[str, CasePredicate]:
+        def stages(*included: int) -> CasePredicate:
+            return lambda case: case.labels.get("label") == 0 or case.stage in included
+
+        return {"early (ARCO I-II)": stages(1, 2), "late (ARCO III-IV)": stages(3, 4)}
+
+    def extra_evaluations(
+        self, cases: Sequence[Case], outputs: Mapping[str, np.ndarray], groups: np.ndarray
+    ) -> list[ExtraEvaluation]:
+        """Per hip: each head's side score against its side label, wherever the side is known."""
+        if "side_logits" not in outputs:
+            return []
+        targets = np.array([side_target(case) for case in cases])
+        known = targets >= 0
+        head = BinaryHead(("no ONFH", "ONFH"))
+        if not known.any() or not head.evaluable(targets[known]):
+            return []
+        hip_groups = np.repeat(groups[:, None], 2, axis=1)[known]
+        return [
+            ExtraEvaluation("per hip (side scores)", head, targets[known], outputs["side_logits"][known], hip_groups)
+        ]
+
+    def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
+        """A radiograph with ``box_left``/``box_right``, or boxes found by the localiser
+        (``--localizer FILE``, default ``RUN/localizer.pt``)."""
+        case = super().study_case(inputs, run_dir)
+        if {"box_left", "box_right"} <= set(case.boxes):
+            return case
+        if case.boxes:
+            raise DataError("give both head boxes (--box left=... --box right=...) or neither")
+        from osteoscope.tasks.onfh_xray.localizer import load_localizer, locate_heads
+
+        path = Path(inputs.files.get("localizer") or run_dir / LOCALIZER_FILE)
+        if not path.is_file():
+            raise DataError(
+                "no head localiser found: pass --localizer FILE or --box left=... --box right=...", path=path
+            )
+        found = locate_heads(load_localizer(path), read_image(case.images["image"]).array)
+        return Case(case.case_id, "", case.images, boxes={"box_left": found["left"], "box_right": found["right"]})
+
+
+TASK = OnfhXray
