@@ -72,3 +72,21 @@ def test_unknown_or_bad_task_options_are_errors(task: str, options: dict, messag
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("no/such.yaml")
+
+
+def test_cli_lists_tasks_with_their_options_and_the_model_families() -> None:
+    from typer.testing import CliRunner
+
+    from osteoscope.cli import app
+
+    tasks = CliRunner().invoke(app, ["tasks", "--options"])
+    assert tasks.exit_code == 0, tasks.output
+    for line in (
+        "avnfh-ct:",
+        "data.options.target: 'necrosis'",
+        "loss.options.diff_weight: 0.1",
+        "femur-fracture-xray:",
+    ):
+        assert line in tasks.output
+    models = CliRunner().invoke(app, ["models"])
+    assert "ast" in models.output and "timm:<any timm model>" in models.output and "monai:" in models.output

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from osteoscope.cli import app
 from osteoscope.config import config_from_dict
-from osteoscope.data.manifest import format_box
+from osteoscope.data.manifest import format_box, load_manifest
 from osteoscope.engine.evaluate import evaluate_run, load_predictions
 from osteoscope.engine.trainer import train
 from osteoscope.phantoms import generate_phantom
@@ -217,3 +217,25 @@ def test_predict_names_a_missing_input(
         args = [str(case.images["image"]), *args]
     result = CliRunner().invoke(app, ["predict", str(run), *args])
     assert result.exit_code != 0 and message in str(result.exception or result.output)
+
+
+def test_ct_stage_target_gives_a_five_class_arco_head(tmp_path: Path) -> None:
+    generate_phantom("avnfh-ct", tmp_path / "data", n=60, seed=1, subtlety=0.0, voxel_scale=3.0)
+    setting = SETTINGS["avnfh-ct"]
+    values = config_of(setting, tmp_path / "data", epochs=2)
+    values["data"]["options"] = {**values["data"]["options"], "target": "stage"}
+    run = train(config_from_dict(values), tmp_path / "run", verbose=False)
+    metrics = evaluate_run(run, split="test", n_boot=50)
+    assert metrics["head"] == "multiclass" and metrics["names"] == [
+        "ARCO 0",
+        "ARCO I",
+        "ARCO II",
+        "ARCO III",
+        "ARCO IV",
+    ]
+    assert np.array(metrics["overall"]["confusion_matrix"]).shape == (5, 5)
+    header = (run / "eval-test" / "predictions.csv").read_text().splitlines()[0]
+    assert all(f"p_ARCO {s}" in header for s in ("0", "I", "II", "III", "IV"))
+    targets = load_predictions(run / "eval-test")["targets"]
+    stages = {c.case_id: c.stage for c in load_manifest(tmp_path / "data").cases}
+    assert targets.tolist() == [stages[c] for c in load_predictions(run / "eval-test")["case_id"]]

@@ -51,14 +51,26 @@ def resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out[0, 0].numpy()
 
 
+def percentiles(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The ``low`` and ``high`` percentiles of ``values`` as ``np.percentile`` gives them (linear
+    interpolation), from one partial sort: about twice as fast, which matters on the per-sample path."""
+    n = values.size
+    positions = np.array([low, high]) / 100 * (n - 1)
+    below = np.floor(positions).astype(int)
+    above = np.minimum(below + 1, n - 1)
+    ranked = np.partition(values, np.unique(np.concatenate([below, above])))
+    weight = positions - below
+    lo, hi = ranked[below] * (1 - weight) + ranked[above] * weight
+    return float(lo), float(hi)
+
+
 def robust_normalise(arrays: Sequence[np.ndarray], low: float = 0.5, high: float = 99.5) -> list[np.ndarray]:
     """Map arrays jointly so their ``low``..``high`` percentiles span [-1, 1] (one transform for all).
 
     Normalising the two femoral heads together keeps their intensity difference, which is the signal AsT
     looks for; normalising each alone would erase a global density change of one head.
     """
-    values = np.concatenate([a.ravel() for a in arrays])
-    lo, hi = np.percentile(values, [low, high])
+    lo, hi = percentiles(np.concatenate([a.ravel() for a in arrays]), low, high)
     scale = 2.0 / max(float(hi - lo), 1e-6)
     return [((a - lo) * scale - 1.0).astype(np.float32) for a in arrays]
 
@@ -75,15 +87,21 @@ def draw_intensity_params(rng: np.random.Generator, strength: float = 1.0) -> di
 
 
 def apply_intensity(arrays: Sequence[np.ndarray], params: dict[str, float]) -> list[np.ndarray]:
-    """Apply parameters from :func:`draw_intensity_params` identically to arrays normalised to [-1, 1]."""
+    """Apply parameters from :func:`draw_intensity_params` identically to arrays normalised to [-1, 1].
+
+    Computed in float32 and in place on fresh arrays: this runs for every training sample.
+    """
     noise_rng = np.random.default_rng(int(params["noise_seed"]))
+    gamma, contrast, brightness, noise = (np.float32(params[k]) for k in ("gamma", "contrast", "brightness", "noise"))
     out = []
     for array in arrays:
-        unit = np.clip((array + 1) / 2, 0, 1) ** params["gamma"]
-        x = (unit * 2 - 1) * params["contrast"] + params["brightness"]
-        if params["noise"] > 0:
-            x = x + noise_rng.normal(0, params["noise"], size=x.shape)
-        out.append(x.astype(np.float32))
+        x = np.clip((np.asarray(array, dtype=np.float32) + 1) * np.float32(0.5), 0, 1)
+        np.power(x, gamma, out=x)
+        x *= 2 * contrast  # (2u - 1) * contrast + brightness
+        x += brightness - contrast
+        if noise > 0:
+            x += noise_rng.standard_normal(x.shape, dtype=np.float32) * noise
+        out.append(x)
     return out
 
 

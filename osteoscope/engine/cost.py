@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from osteoscope.data.datasets import CaseDataset
 from osteoscope.engine.inference import forward, model_inputs
@@ -43,7 +44,7 @@ def measure(run_dir: str | Path, *, repeats: int = 5) -> dict[str, float]:
     n = len(batch["index"])
     one = {k: v[:1] for k, v in batch.items()}
     model.eval()
-    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**model_inputs(model, one, model_name=run.model_name, task=task))
     flops = counter.get_total_flops()
     model.train()

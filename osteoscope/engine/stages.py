@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from osteoscope.engine.checkpoint import load_checkpoint
-from osteoscope.engine.runs import BEST_CHECKPOINT, log
+from osteoscope.engine.runs import BEST_CHECKPOINT
 from osteoscope.errors import ConfigError
 
 
@@ -26,8 +26,8 @@ def parse_init_from(spec: str) -> tuple[Path, str, str]:
     return Path(run), old, new if "=" in prefix else old
 
 
-def load_init_weights(model: nn.Module, spec: str, model_name: str) -> int:
-    """Copy the selected tensors of an earlier run into ``model``; return how many were loaded.
+def load_init_weights(model: nn.Module, spec: str, model_name: str) -> str:
+    """Copy the selected tensors of an earlier run into ``model``; return a line for the log saying how many.
 
     Raises:
         ConfigError: When no tensor matches the prefix (listing the run's prefixes), or the selected tensors
@@ -60,13 +60,8 @@ def load_init_weights(model: nn.Module, spec: str, model_name: str) -> int:
         )
         raise ConfigError(f"--init-from {spec}: that run is of another architecture: {detail}")
     model.load_state_dict(selected, strict=False)
-    values = sum(t.numel() for t in selected.values())
-    log.info(
-        "initialised %d of %d tensors (%.2fM values) from %s%s",
-        len(selected),
-        len(own),
-        values / 1e6,
-        run / BEST_CHECKPOINT,
-        f" (prefix {prefix!r}" + (f" -> {new!r})" if new != prefix else ")") if prefix else "",
-    )
-    return len(selected)
+    values = sum(t.numel() for t in selected.values()) / 1e6
+    renamed = f" -> {new!r}" if new != prefix else ""
+    where = f" (prefix {prefix!r}{renamed})" if prefix else ""
+    source = run / BEST_CHECKPOINT
+    return f"initialised {len(selected)} of {len(own)} tensors ({values:.2f}M values) from {source}{where}"

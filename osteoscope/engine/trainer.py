@@ -95,6 +95,7 @@ def train(
     name = model_name(config, task)
     torch.manual_seed(tc.seed)
     model = build_run_model(config, task)  # before any file is written, so config errors leave nothing behind
+    initialised = load_init_weights(model, tc.init_from, name) if tc.init_from and not resume else ""
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / LOG_FILE, verbose=verbose)
     if tc.threads > 0:
@@ -135,8 +136,8 @@ def train(
 
     train_set = CaseDataset(parts["train"], task.builder(True, cache), augment=True, seed=tc.seed)
     val_set = CaseDataset(parts["val"], eval_builder)
-    if tc.init_from and not resume:
-        load_init_weights(model, tc.init_from, name)
+    if initialised:
+        log.info(initialised)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -36,7 +36,7 @@ from torch import nn
 
 from osteoscope.errors import ConfigError
 from osteoscope.models.layers import ConvBlock, SpatialAttention
-from osteoscope.models.registry import register_model, resolve_preset
+from osteoscope.models.registry import register_model, resolve_preset, square_side
 
 SHARING_MODES = ("joint", "cross")
 FEATURE_STRIDE = 8
@@ -211,7 +211,7 @@ class AsT(nn.Module):
 @register_model("ast")
 def create_ast(
     preset: str = "base",
-    img_size: int = 64,
+    img_size: int | tuple[int, int] = 64,
     conv_channels: Sequence[int] | None = None,
     embed_dim: int | None = None,
     depth: int | None = None,
@@ -238,7 +238,7 @@ def create_ast(
         },
     )
     return AsT(
-        img_size=img_size,
+        img_size=square_side(img_size, "ast"),
         sam_kernel=sam_kernel,
         sharing=sharing,
         side_embed=side_embed,

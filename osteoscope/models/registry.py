@@ -130,7 +130,21 @@ def build_model(name: str, defaults: Mapping[str, Any], options: Mapping[str, An
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
     kwargs = {key: value for key, value in defaults.items() if key in named}
-    return create_model(name, **{**kwargs, **options})
+    try:
+        return create_model(name, **{**kwargs, **options})
+    except (TypeError, ValueError) as error:  # a factory that cannot take what the task gives
+        given = ", ".join(f"{k}={v!r}" for k, v in {**kwargs, **options}.items())
+        raise ConfigError(f"model {name} cannot be built with {given}: {error}") from None
+
+
+def square_side(img_size: int | tuple[int, ...], model: str) -> int:
+    """The side of a square input given as an int or an (S, S) pair; anything else is a ConfigError."""
+    if isinstance(img_size, int):
+        return img_size
+    sides = set(img_size)
+    if len(img_size) != 2 or len(sides) != 1:
+        raise ConfigError(f"model {model} takes square 2-D inputs (img_size S or [S, S]), got {list(img_size)}")
+    return int(sides.pop())
 
 
 def resolve_preset(

@@ -26,7 +26,7 @@ from timm.models import vision_transformer as timm_vit
 from torch import nn
 
 from osteoscope.errors import ConfigError
-from osteoscope.models.registry import register_model, resolve_preset
+from osteoscope.models.registry import register_model, resolve_preset, square_side
 
 VIT_HUB_NAME = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 SWIN_HUB_NAME = "swin_tiny_patch4_window7_224.ms_in1k"
@@ -171,7 +171,7 @@ def check_swin_grid(img_size: int, patch_size: int, window_size: int, num_stages
 @register_model("vit")
 def create_vit(
     preset: str = "base",
-    img_size: int = 64,
+    img_size: int | tuple[int, int] = 64,
     patch_size: int | None = None,
     embed_dim: int | None = None,
     depth: int | None = None,
@@ -189,6 +189,7 @@ def create_vit(
         "num_heads": num_heads,
         "mlp_ratio": mlp_ratio,
     }
+    img_size = square_side(img_size, "vit")
     cfg = resolve_preset(VIT_PRESETS, preset, overrides)
     _check_weights_args(preset, pretrained, pretrained_path, overrides)
     if img_size % cfg["patch_size"]:
@@ -208,7 +209,7 @@ def create_vit(
 @register_model("swin")
 def create_swin(
     preset: str = "base",
-    img_size: int = 64,
+    img_size: int | tuple[int, int] = 64,
     patch_size: int | None = None,
     window_size: int | None = None,
     embed_dim: int | None = None,
@@ -232,6 +233,7 @@ def create_swin(
         "num_heads": num_heads,
         "mlp_ratio": mlp_ratio,
     }
+    img_size = square_side(img_size, "swin")
     cfg = resolve_preset(SWIN_PRESETS, preset, overrides)
     # hub weights fit any window: timm's filter resamples the relative-position tables
     size_overrides = {k: v for k, v in overrides.items() if k != "window_size"}
