@@ -16,7 +16,7 @@ each task in a fresh process so that its peak memory is its own and its failure 
 * inference, ms per case: eval mode, no gradients, one batch of the config's batch size;
 * peak resident memory of the task's process, after the loader and at the end (training and inference).
 
-Targets (issue 2): cached loader throughput at least 3x the training throughput; training peak memory < 4 GiB.
+Targets (issues 2 and 8): cached loader throughput at least 3x the training throughput; training peak memory < 4 GiB.
 
 ``--profile`` adds a cProfile of one more cached epoch (top functions by own time, to stderr and the JSON).
 """
@@ -29,7 +29,6 @@ import io
 import json
 import os
 import pstats
-import resource
 import subprocess
 import sys
 import tempfile
@@ -61,8 +60,10 @@ TASK_TIMEOUT_S = 900
 
 
 def peak_mib() -> float:
-    """Peak resident memory of this process so far, MiB."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """Peak resident memory of this process so far, MiB (this process's own, not the parent's)."""
+    from osteoscope.engine.cost import peak_rss_mib
+
+    return round(peak_rss_mib(), 1)
 
 
 def n_cases(batch: dict[str, Any]) -> int:

@@ -241,7 +241,7 @@ def localizer_train(
 def demo(
     out: Annotated[Path, typer.Option(help="Demo folder: data, runs, report.")] = Path("runs/demo"),
     n: Annotated[int, typer.Option(help="Phantom studies to generate.")] = 1000,
-    epochs: Annotated[int, typer.Option(help="Epochs per run (same budget for both models).")] = 30,
+    epochs: Annotated[int, typer.Option(help="Epochs per run (same budget for both models).")] = 20,
     subtlety: Annotated[float, typer.Option(help="Phantom lesion subtlety, 0 obvious .. 1 hardest.")] = 0.75,
 ) -> None:
     """Phantom data -> a study of AsT vs ViT (same split, budget, lr grid) -> held-out comparison, predict."""

@@ -53,7 +53,7 @@ def demo_study(data: Path, epochs: int) -> dict[str, Any]:
 
 
 def run_demo(
-    out: str | Path, *, n: int = 1000, epochs: int = 30, subtlety: float = 0.75, console: Console | None = None
+    out: str | Path, *, n: int = 1000, epochs: int = 20, subtlety: float = 0.75, console: Console | None = None
 ) -> dict[str, Any]:
     """Run the whole demo into ``out`` and print the study report.
 

@@ -56,6 +56,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired(metric: str, test: str, result: Mapping[str, float], mcnemar: dict | None = None) -> dict[str, Any]:
+    """A paired comparison as the heads report it: the difference (A - B) of ``metric`` with its 95% interval
+    and p value from ``test``, and McNemar's test at the decision rules where there is one."""
+    out = {"metric": metric, "test": test, **{k: result[k] for k in ("difference", "ci_low", "ci_high", "p_value")}}
+    return out if mcnemar is None else {**out, "mcnemar": mcnemar}
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """A loss or builder that takes no options."""
@@ -293,15 +300,7 @@ class BinaryHead(Head):
             (values_a >= operating_a["threshold"]).astype(int),
             (values_b >= operating_b["threshold"]).astype(int),
         )
-        return {
-            "metric": "auc",
-            "test": "DeLong",
-            "difference": delong["difference"],
-            "ci_low": delong["ci_low"],
-            "ci_high": delong["ci_high"],
-            "p_value": delong["p_value"],
-            "mcnemar": mcnemar,
-        }
+        return paired("auc", "DeLong", delong, mcnemar)
 
     def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
         from osteoscope.report.plots import plot_confusion_matrix, plot_roc
@@ -383,12 +382,7 @@ class MulticlassHead(Head):
         )
         right_a = (values_a.argmax(axis=1) == y).astype(int)
         right_b = (values_b.argmax(axis=1) == y).astype(int)
-        return {
-            "metric": "macro_auc",
-            "test": "paired bootstrap",
-            **{k: test[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
-            "mcnemar": mcnemar_test(np.ones_like(y), right_a, right_b),
-        }
+        return paired("macro_auc", "paired bootstrap", test, mcnemar_test(np.ones_like(y), right_a, right_b))
 
     def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
         from osteoscope.report.plots import plot_confusion_matrix, plot_roc_multiclass
@@ -492,12 +486,7 @@ class MultilabelHead(Head):
         )
         exact_a = np.all((values_a >= operating_a["threshold"]) == (y == 1), axis=1).astype(int)
         exact_b = np.all((values_b >= operating_b["threshold"]) == (y == 1), axis=1).astype(int)
-        return {
-            "metric": "map",
-            "test": "paired bootstrap",
-            **{k: test[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
-            "mcnemar": mcnemar_test(np.ones_like(exact_a), exact_a, exact_b),
-        }
+        return paired("map", "paired bootstrap", test, mcnemar_test(np.ones_like(exact_a), exact_a, exact_b))
 
     def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
         from osteoscope.report.plots import plot_precision_recall
@@ -609,11 +598,7 @@ class PretextHead(Head):
         test = paired_bootstrap_test(
             lambda t, v: float(v.mean()), targets, values_a, values_b, groups=groups, n_boot=n_boot, seed=seed
         )
-        return {
-            "metric": "mae",
-            "test": "paired bootstrap",
-            **{k: test[k] for k in ("difference", "ci_low", "ci_high", "p_value")},
-        }
+        return paired("mae", "paired bootstrap", test)
 
     def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return markdown_table(

@@ -200,35 +200,21 @@ def tensor(array: np.ndarray) -> torch.Tensor:
 
 
 @dataclass(kw_only=True)
-class SingleImage(CachedBuilder):
-    """One 2-D image resized to ``size`` (H, W) and normalised, with an optional region mask.
+class MaskedImage(CachedBuilder):
+    """An image with an optional mask of the same shape (2-D or 3-D), served as ``image`` (1, ...) and
+    ``mask`` (1, ...). With ``mask_as_channel`` the mask is also appended to ``image`` as a second channel,
+    for models that take no mask; a case without the mask file then is an error naming the case."""
 
-    With ``crop_to_box`` the image is first cropped to the square about the box in ``box_column`` when the
-    case has one. With a ``mask_column`` the mask is resized alike and served as ``mask`` (1, H, W); with
-    ``mask_as_channel`` it is also appended to ``image`` as a second channel, for models that take no mask.
-    A case without the mask file gives no ``mask`` (``mask_as_channel`` then is an error naming the case).
-    """
-
-    size: tuple[int, int] = (224, 224)
-    image_column: str = "image"
-    box_column: str = "box"
-    crop_to_box: bool = True
     mask_column: str | None = None
     mask_as_channel: bool = False
 
-    def decode(self, case: Case) -> Arrays:
-        image = read_array(case, self.image_column)
-        mask = None
+    def read_mask(self, case: Case, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The case's mask (None when it has none and none is needed)."""
         if self.mask_column is not None and case.masks.get(self.mask_column) is not None:
-            mask = read_mask(case, self.mask_column, image.shape)
-        elif self.mask_as_channel:
+            return read_mask(case, self.mask_column, shape)
+        if self.mask_as_channel:
             raise DataError(f"mask_as_channel needs the mask in column {self.mask_column}", case_id=case.case_id)
-        box = case.boxes.get(self.box_column)
-        if self.crop_to_box and box is not None:
-            image = crop(image, box, square=True)
-            mask = None if mask is None else crop(mask, box, square=True)
-        (image,) = robust_normalise([resize(image, self.size)])
-        return {"image": image} if mask is None else {"image": image, "mask": mask_to(mask, self.size)}
+        return None
 
     def assemble(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         sample = {"image": tensor(arrays["image"])[None]}
@@ -240,22 +226,46 @@ class SingleImage(CachedBuilder):
 
 
 @dataclass(kw_only=True)
-class VolumeWithMask(CachedBuilder):
+class SingleImage(MaskedImage):
+    """One 2-D image resized to ``size`` (H, W) and normalised, with an optional region mask.
+
+    With ``crop_to_box`` the image is first cropped to the square about the box in ``box_column`` when the
+    case has one. With a ``mask_column`` the mask is resized alike and served as ``mask`` (1, H, W); with
+    ``mask_as_channel`` it is also appended to ``image`` (see :class:`MaskedImage`).
+    """
+
+    size: tuple[int, int] = (224, 224)
+    image_column: str = "image"
+    box_column: str = "box"
+    crop_to_box: bool = True
+
+    def decode(self, case: Case) -> Arrays:
+        image = read_array(case, self.image_column)
+        mask = self.read_mask(case, image.shape)
+        box = case.boxes.get(self.box_column)
+        if self.crop_to_box and box is not None:
+            image = crop(image, box, square=True)
+            mask = None if mask is None else crop(mask, box, square=True)
+        (image,) = robust_normalise([resize(image, self.size)])
+        return {"image": image} if mask is None else {"image": image, "mask": mask_to(mask, self.size)}
+
+
+@dataclass(kw_only=True)
+class VolumeWithMask(MaskedImage):
     """A 3-D volume (cropped to ``box`` when given) and its mask, brought to ``size`` (D, H, W).
 
     With ``keep_aspect`` (default) the crop is resampled to isotropic voxels, the longest physical side
     filling ``size``, and the rest padded, as the SRANet seed crops, resamples and pads the femoral-head box
     to 128^3; otherwise it is stretched to ``size``. Intensities are clipped to ``window`` (e.g. Hounsfield
-    units) before the normalisation; padding takes the lowest value. A case without the mask file gives no
-    ``mask``; ``mask_as_channel`` appends the mask to ``image`` as a second channel and then needs it.
+    units) before the normalisation; padding takes the lowest value. The mask is optional (see
+    :class:`MaskedImage`).
     """
 
     size: tuple[int, int, int] = (128, 128, 128)
     window: tuple[float, float] | None = (-200.0, 1500.0)
     keep_aspect: bool = True
     image_column: str = "image"
-    mask_column: str = "mask"
-    mask_as_channel: bool = False
+    mask_column: str | None = "mask"
 
     def fitted_shape(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
         """Shape of the isotropic resampling whose longest physical side fills ``size``."""
@@ -266,11 +276,7 @@ class VolumeWithMask(CachedBuilder):
     def decode(self, case: Case) -> Arrays:
         image = read_case_image(case, self.image_column)
         volume = image.array.astype(np.float32, copy=False)
-        mask = None
-        if case.masks.get(self.mask_column) is not None:
-            mask = read_mask(case, self.mask_column, volume.shape)
-        elif self.mask_as_channel:
-            raise DataError(f"mask_as_channel needs the mask in column {self.mask_column}", case_id=case.case_id)
+        mask = self.read_mask(case, volume.shape)
         box = case.boxes.get("box")
         if box is not None:
             volume = crop(volume, box)
@@ -284,14 +290,6 @@ class VolumeWithMask(CachedBuilder):
         if mask is None:
             return {"image": volume}
         return {"image": volume, "mask": np.pad(mask_to(mask, shape), pad)}
-
-    def assemble(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        sample = {"image": tensor(arrays["image"])[None]}
-        if "mask" in arrays:
-            sample["mask"] = tensor(arrays["mask"])[None]
-            if self.mask_as_channel:
-                sample["image"] = torch.cat([sample["image"], sample["mask"]])
-        return sample
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,9 @@
 
 Measured in a fresh process (``python -m osteoscope.engine.cost RUN``) so that the peak resident memory
 belongs to this model alone and not to whatever ran before it: one training step (forward, backward,
-optimiser) at the run's batch size, then timed inference. FLOPs are counted by
+optimiser) at the run's batch size, then timed inference. Two memory figures: the process's peak (which
+includes the ~1.5 GiB that importing torch takes) and, on Linux, the peak above the resident memory just
+before the step, i.e. what the model, its activations and the optimiser state add. FLOPs are counted by
 ``torch.utils.flop_counter`` (a multiply-add counts as 2 FLOPs) on one case in eval mode. Training seconds
 per epoch come from the run's history (optimisation only, without validation).
 """
@@ -47,6 +49,8 @@ def measure(run_dir: str | Path, *, repeats: int = 5) -> dict[str, float]:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**model_inputs(model, one, model_name=run.model_name, task=task))
     flops = counter.get_total_flops()
+    peak_before = peak_rss_mib()  # the reset below clears it
+    resident = _reset_peak_rss()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     loss, _ = task.loss()(forward(model, batch, model_name=run.model_name, task=task), batch)
@@ -67,10 +71,42 @@ def measure(run_dir: str | Path, *, repeats: int = 5) -> dict[str, float]:
         "gflops_per_case": flops / 1e9,
         "train_s_per_epoch": sum(train_seconds) / max(len(train_seconds), 1),
         "infer_ms_per_case": infer_s * 1e3,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": max(peak_before, peak_rss_mib()),
+        "step_peak_mib": _status_mib("VmHWM") - resident if resident == resident else float("nan"),
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
     }
+
+
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status in MiB (NaN where there is no /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB.
+
+    Read from /proc (VmHWM, which starts afresh at exec) where there is one: ``getrusage``'s ``ru_maxrss``
+    is inherited from the parent across fork and exec on Linux, so a child started by a large process would
+    report the parent's peak.
+    """
+    peak = _status_mib("VmHWM")
+    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark (Linux: ``clear_refs`` 5) and return the current RSS in MiB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return float("nan")
+    return _status_mib("VmRSS")
 
 
 def measure_in_subprocess(run_dir: str | Path, threads: int = 0) -> dict[str, Any]:

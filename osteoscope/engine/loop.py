@@ -175,6 +175,16 @@ class Loop:
         return self.state
 
 
+class StatelessHandler:
+    """Base of handlers with nothing to save for a resume."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
 class EarlyStopping:
     """Tracks the best value of a monitored key and stops after ``patience`` epochs without improvement.
 
@@ -215,7 +225,7 @@ class EarlyStopping:
         self.best, self.best_epoch, self.stale = state["best"], state["best_epoch"], state["stale"]
 
 
-class Checkpoints:
+class Checkpoints(StatelessHandler):
     """Writes ``best.pt`` (weights, epoch, monitored value, config) when a record improved, and the full
     resumable state to ``last.pt`` after every epoch, both atomically."""
 
@@ -238,14 +248,8 @@ class Checkpoints:
             save_atomic(state, self.best)
         save_atomic(loop.state_dict(), self.last)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
-
-
-class History:
+class History(StatelessHandler):
     """Rewrites ``history.jsonl`` (one JSON record per epoch) after every epoch."""
 
     name = "history"
@@ -257,14 +261,8 @@ class History:
         if is_main_process():
             self.path.write_text("".join(json.dumps(r) + "\n" for r in loop.state.history))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
-
-
-class EpochLog:
+class EpochLog(StatelessHandler):
     """One log line per epoch: training loss, the monitored value, the best so far, time."""
 
     name = "epoch_log"
@@ -285,9 +283,3 @@ class EpochLog:
             s.best_epoch,
             record["seconds"],
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass

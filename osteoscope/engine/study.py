@@ -321,7 +321,7 @@ def study_report(summary: Mapping[str, Any], head: Head, results: Mapping[str, M
         cost_table(summary["costs"]),
         "Parameters and MB of the saved weights; FLOPs of one case's forward pass (torch.utils.flop_counter, a "
         "multiply-add = 2 FLOPs); training seconds per epoch from the run's history; inference ms per case and "
-        "peak resident memory measured in a fresh process (one training step at the run's batch size, then "
-        "inference).",
+        "peak resident memory measured in a fresh process: the process's peak (with the cost of importing torch) "
+        "and what one training step at the run's batch size adds above the memory before it.",
     ]
     return "\n\n".join(parts) + "\n"

@@ -82,7 +82,8 @@ def cost_table(costs: Mapping[str, Mapping[str, float]]) -> str:
         "GFLOPs / case",
         "train s / epoch",
         "inference ms / case",
-        "peak memory (MiB)",
+        "peak MiB: process",
+        "peak MiB: training step",
     ]
     rows = [
         [
@@ -93,6 +94,7 @@ def cost_table(costs: Mapping[str, Mapping[str, float]]) -> str:
             f"{c['train_s_per_epoch']:.1f}",
             f"{c['infer_ms_per_case']:.2f}",
             f"{c['peak_mib']:.0f}",
+            f"{c['step_peak_mib']:.0f}",
         ]
         for name, c in costs.items()
     ]
