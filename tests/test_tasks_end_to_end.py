@@ -239,3 +239,20 @@ def test_ct_stage_target_gives_a_five_class_arco_head(tmp_path: Path) -> None:
     targets = load_predictions(run / "eval-test")["targets"]
     stages = {c.case_id: c.stage for c in load_manifest(tmp_path / "data").cases}
     assert targets.tolist() == [stages[c] for c in load_predictions(run / "eval-test")["case_id"]]
+
+
+def test_ct_predict_reads_a_dicom_series_folder(trained: tuple[Setting, Path, Path], tmp_path: Path) -> None:
+    setting, _, run = trained
+    if setting.task != "avnfh-ct":
+        pytest.skip("the CT task reads DICOM series")
+    generate_phantom("avnfh-ct", tmp_path / "nifti", n=1, seed=7, subtlety=0.0, voxel_scale=3.0)
+    generate_phantom("avnfh-ct", tmp_path / "dicom", n=1, seed=7, subtlety=0.0, voxel_scale=3.0, fmt="dicom")
+    scores = []
+    for variant in ("nifti", "dicom"):
+        [case] = load_manifest(tmp_path / variant).cases
+        assert case.images["image"].is_dir() == (variant == "dicom")
+        args = [str(case.images["image"]), "--box", format_box(case.boxes["box"]), "--mask", str(case.masks["mask"])]
+        result = CliRunner().invoke(app, ["predict", str(run), *args])
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(result.output)[0]["probability"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)  # the same voxels from a series folder
