@@ -42,9 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from osteoscope.config import ExperimentConfig, config_from_dict
+from osteoscope.config import ExperimentConfig, config_from_dict, read_yaml
 from osteoscope.data.splits import load_splits, save_splits, split_patients
 from osteoscope.engine.checkpoint import load_checkpoint
 from osteoscope.engine.cost import measure_in_subprocess
@@ -148,14 +147,7 @@ def parse_study(values: Mapping[str, Any]) -> Study:
 
 def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Study:
     """Read a study YAML, with optional nested overrides (e.g. ``{"data": {"path": ...}}``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {path}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    return parse_study(_merge(values, overrides or {}))
+    return parse_study(_merge(read_yaml(path, "study"), overrides or {}))
 
 
 def run_config(study: Study, model: str, point: Mapping[str, Any]) -> ExperimentConfig:
