@@ -22,8 +22,9 @@ from osteoscope.engine.evaluate import evaluate_run, load_predictions
 from osteoscope.engine.runs import LAST_CHECKPOINT, load_task_manifest, log, setup_logging, task_of
 from osteoscope.engine.trainer import train
 from osteoscope.errors import ConfigError
-from osteoscope.heads import interval, markdown_table
+from osteoscope.heads import interval
 from osteoscope.metrics import aggregate_folds
+from osteoscope.report.summary import kfold_report
 
 KFOLD_FILE = "kfold.json"
 
@@ -106,23 +107,3 @@ def cross_validate(
         summary["folds"][head.headline]["sd"],
     )
     return summary
-
-
-def kfold_report(summary: dict[str, Any], head) -> str:
-    """Markdown: per-fold headline, mean ± SD over folds, pooled out-of-fold table."""
-    per_fold = markdown_table(
-        ["fold", head.headline], [[f["fold"], interval(f[head.headline])] for f in summary["per_fold"]]
-    )
-    over = markdown_table(
-        ["figure", "mean ± SD over folds", "min", "max"],
-        [
-            [name, f"{s['mean']:.3f} ± {s['sd']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}"]
-            for name, s in summary["folds"].items()
-        ],
-    )
-    return (
-        f"# {summary['k']}-fold cross-validation of {summary['model']} ({summary['task']})\n\n"
-        f"{summary['n_cases']} cases of {summary['n_patients']} patients, each scored once out of fold.\n\n"
-        f"## Per fold\n\n{per_fold}\n\n## Over folds\n\n{over}\n\n"
-        f"## Pooled out-of-fold predictions\n\n{head.table([('pooled', summary['pooled'])])}\n"
-    )

@@ -1,4 +1,4 @@
-"""Markdown reports: one evaluation, a k-fold cross-validation, and a study comparing models.
+"""Markdown reports: one evaluation, a k-fold cross-validation, and the tables of a study comparing models.
 
 The tables come from the task's head (:meth:`osteoscope.heads.Head.table`), so one report writer serves
 binary, multi-class, multi-label and pretext results alike.
@@ -101,6 +101,21 @@ def cost_table(costs: Mapping[str, Mapping[str, float]]) -> str:
     return markdown_table(header, rows)
 
 
-def headline(result: Mapping[str, Any], head: Head) -> str:
-    """``auc 0.912 [0.871, 0.948]``: the head's first metric of a result."""
-    return f"{head.headline} {interval(result['overall'][head.headline])}"
+def kfold_report(summary: Mapping[str, Any], head: Head) -> str:
+    """Markdown: per-fold headline, mean ± SD over folds, pooled out-of-fold table."""
+    per_fold = markdown_table(
+        ["fold", head.headline], [[f["fold"], interval(f[head.headline])] for f in summary["per_fold"]]
+    )
+    over = markdown_table(
+        ["figure", "mean ± SD over folds", "min", "max"],
+        [
+            [name, f"{s['mean']:.3f} ± {s['sd']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}"]
+            for name, s in summary["folds"].items()
+        ],
+    )
+    return (
+        f"# {summary['k']}-fold cross-validation of {summary['model']} ({summary['task']})\n\n"
+        f"{summary['n_cases']} cases of {summary['n_patients']} patients, each scored once out of fold.\n\n"
+        f"## Per fold\n\n{per_fold}\n\n## Over folds\n\n{over}\n\n"
+        f"## Pooled out-of-fold predictions\n\n{head.table([('pooled', summary['pooled'])])}\n"
+    )
