@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError
+from typer.exceptions import TyperException
 
 from osteoscope.errors import OsteoscopeError
 
@@ -271,19 +273,34 @@ def list_tasks_command(
             typer.echo("".join(f"    {line}\n" for line in task().option_lines()), nl=False)
 
 
+def usage_error(error: TyperException) -> tuple[str, int]:
+    """The text and exit code of a command-line mistake: the help for a bare group (exit 0), otherwise one
+    ``error:`` line and the usage hint (exit 2)."""
+    ctx = getattr(error, "ctx", None)
+    if isinstance(error, NoArgsIsHelpError):
+        return error.format_message(), 0
+    text = f"error: {' '.join(error.format_message().split())}"
+    if ctx is not None:
+        text += f"\n{ctx.get_usage()}  (see '{ctx.command_path} --help')"
+    return text, 2
+
+
 def main() -> None:
-    """Entry point: user errors become one readable line and exit code 2, not a traceback."""
+    """Entry point: user errors become one readable line and exit code 2, not a traceback.
+
+    Typer 0.29 parses with its own copy of click, whose errors all derive from
+    :class:`typer.exceptions.TyperException` (unknown options and commands, missing arguments, bad values);
+    those and :class:`OsteoscopeError` are shown as one line. Anything else is a bug and keeps its traceback.
+    """
     try:
-        app(standalone_mode=False)
+        code = app(prog_name="osteoscope", standalone_mode=False)
     except OsteoscopeError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         sys.exit(2)
     except typer.Abort:
         sys.exit(130)
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except TyperException as error:
+        text, code = usage_error(error)
+        typer.echo(text, err=code != 0)
+        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)
