@@ -107,16 +107,27 @@ def train(
     seed: SeedOption = None,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/latest"),
     set_: SetOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out with its saved config; other options must match it.")
+    ] = False,
+    override: Annotated[
+        bool, typer.Option(help="With --resume: apply the options that differ (epochs, patience, device ...).")
+    ] = False,
     skip_bad: SkipBadOption = False,
     init_from: Annotated[
         str | None, typer.Option(help="Start from an earlier run's weights: RUN[:PREFIX] or RUN:PREFIX=NEW.")
     ] = None,
 ) -> None:
     """Train a model; the final config, split, log and checkpoints go to the run directory."""
+    from osteoscope.engine.runs import CONFIG_FILE
     from osteoscope.engine.trainer import train as run_training
 
-    run_training(_experiment(config, data, model, preset, epochs, seed, set_, skip_bad, init_from), out, resume=resume)
+    if override and not resume:
+        raise OsteoscopeError("--override applies to --resume only")
+    if resume and config is None and (out / CONFIG_FILE).is_file():
+        config = out / CONFIG_FILE  # the options given are compared with the saved run, not with the defaults
+    experiment = _experiment(config, data, model, preset, epochs, seed, set_, skip_bad, init_from)
+    run_training(experiment, out, resume=resume, override=override)
 
 
 @app.command()
@@ -254,10 +265,10 @@ def demo(
 
 @app.command("models")
 def list_models_command() -> None:
-    """List the registered models."""
-    from osteoscope.models import list_models
+    """List the models: the tasks each serves, its presets and parameter counts; the timm:/monai: families."""
+    from osteoscope.engine.catalog import models_text
 
-    typer.echo("\n".join(list_models(include_prefixes=True)))
+    typer.echo(models_text())
 
 
 @app.command("tasks")

@@ -167,6 +167,11 @@ class Head(ABC):
         """Whether metrics are defined on these targets (e.g. both classes present)."""
         return len(targets) > 1
 
+    def class_members(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """The cases of each class, as boolean masks over ``targets`` (class indices here: binary and
+        multi-class; the multi-label head gives each label's positive cases, a pretext head none)."""
+        return {name: targets == i for i, name in enumerate(self.names)}
+
     decision: ClassVar[str] = ""  # the fixed decision rule of heads that choose none on validation
 
     def operating_point(self, targets: np.ndarray | None, values: np.ndarray | None) -> dict[str, Any]:
@@ -468,6 +473,9 @@ class MultilabelHead(Head):
     def operating_point(self, targets: np.ndarray | None, values: np.ndarray | None) -> dict[str, Any]:
         return {"threshold": self.threshold, "source": f"fixed {self.threshold:g} for every label"}
 
+    def class_members(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: targets[:, j] == 1 for j, name in enumerate(self.names)}
+
     def evaluate(self, targets, values, groups, operating, n_boot, seed) -> dict[str, Any]:
         return bootstrap_multilabel(
             targets.astype(int),
@@ -556,6 +564,9 @@ class PretextHead(Head):
     @property
     def outputs(self) -> int:
         return self.channels
+
+    def class_members(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
 
     def model_kwargs(self) -> dict[str, int]:
         return {"out_chans": self.channels}

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from osteoscope.data.augment import SpatialAugmentation, apply_transforms
 from osteoscope.data.cache import DecodedCache
-from osteoscope.data.manifest import Box, Case
+from osteoscope.data.manifest import Box, Case, nearest_name
 from osteoscope.data.readers import Image, read_image
 from osteoscope.data.transforms import (
     apply_intensity,
@@ -56,7 +56,13 @@ def side_target(case: Case, label_column: str = "label") -> tuple[float, float]:
 
 
 class SampleBuilder(Protocol):
-    """Turns a case into tensors; ``rng`` is given for training-time augmentation, ``None`` otherwise."""
+    """Turns a case into tensors; ``rng`` is given for training-time augmentation, ``None`` otherwise.
+
+    ``inputs`` names the sample keys a model may take (targets aside), so a model's ``forward`` can be
+    checked against them before any data are read.
+    """
+
+    inputs: ClassVar[tuple[str, ...]]
 
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]: ...
 
@@ -205,6 +211,7 @@ class MaskedImage(CachedBuilder):
     ``mask`` (1, ...). With ``mask_as_channel`` the mask is also appended to ``image`` as a second channel,
     for models that take no mask; a case without the mask file then is an error naming the case."""
 
+    inputs: ClassVar[tuple[str, ...]] = ("image", "mask")
     mask_column: str | None = None
     mask_as_channel: bool = False
 
@@ -304,6 +311,7 @@ class MultiProtocol(CachedBuilder):
     the ``label`` (1, *size).
     """
 
+    inputs: ClassVar[tuple[str, ...]] = ("image", "present")
     columns: tuple[str, ...] = ("image_t1", "image_t2", "image_pdfs", "image_stir", "image_t1fs")
     size: tuple[int, ...] = (64, 64)
     stack: str = "channels"
@@ -370,6 +378,7 @@ class BilateralRois:
     unknown; ``label`` from ``target``.
     """
 
+    inputs: ClassVar[tuple[str, ...]] = ("left", "right")
     size: int = 64
     mirror_right: bool = True
     box_jitter: float = 0.05
@@ -384,7 +393,11 @@ class BilateralRois:
         """The manifest's head boxes of a case."""
         left, right = case.boxes.get("box_left"), case.boxes.get("box_right")
         if left is None or right is None:
-            raise DataError("no box_left/box_right given (predict finds them with the head localiser)",
+            missing = [name for name, box in (("box_left", left), ("box_right", right)) if box is None]
+            other = [column for column in case.boxes if column not in ("box_left", "box_right")]
+            near = {column: nearest_name(column, missing) for column in other}
+            hint = "".join(f"; column {k} is not read: did you mean {v}?" for k, v in near.items() if v)
+            raise DataError(f"no box_left/box_right given (predict finds them with the head localiser){hint}",
                             case_id=case.case_id)  # fmt: skip
         return left, right
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from osteoscope.errors import DataError
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED_COLUMNS = ("case_id", "patient_id")
+ENGINE_COLUMNS = (*REQUIRED_COLUMNS, "split")  # read for every task; each task's schema names the rest
+NEAR_MISS_CUTOFF = 0.75  # difflib similarity from which an unread column is taken for a misspelt known one
 SIDES = ("none", "left", "right", "both")
 SPLITS = ("train", "val", "test")
 
@@ -82,6 +85,20 @@ def manifest_path(path: str | Path) -> Path:
     if not path.is_file():
         raise DataError("no manifest found (expected a folder holding manifest.csv, or the csv itself)", path=path)
     return path
+
+
+def nearest_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``name`` most likely misspells (difflib, case-insensitive), or None when none is close."""
+    by_lower = {c.lower(): c for c in candidates}
+    match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=NEAR_MISS_CUTOFF)
+    return by_lower[match[0]] if match else None
+
+
+def unread_columns(columns: Sequence[str], known: Sequence[str]) -> dict[str, str | None]:
+    """The header ``columns`` outside ``known``, each with the known column it is nearest to among those the
+    header lacks (``stages`` -> ``stage``, ``box_lft`` -> ``box_left``), or None."""
+    absent = [c for c in known if c not in columns]
+    return {c: nearest_name(c, absent) for c in columns if c not in known}
 
 
 def parse_box(text: str, *, case_id: str, column: str) -> Box | None:

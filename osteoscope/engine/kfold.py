@@ -19,6 +19,7 @@ import numpy as np
 from osteoscope.config import ExperimentConfig
 from osteoscope.data.splits import kfold_patients, split_patients
 from osteoscope.engine.evaluate import evaluate_run, load_predictions
+from osteoscope.engine.preflight import build_checked_model
 from osteoscope.engine.runs import LAST_CHECKPOINT, load_task_manifest, log, setup_logging, task_of
 from osteoscope.engine.trainer import train
 from osteoscope.errors import ConfigError
@@ -61,6 +62,7 @@ def cross_validate(
     """
     out = Path(out_dir)
     task = task_of(config)
+    build_checked_model(config, task)  # a bad model name, preset or option fails before the data are read
     head = task.head
     fold_results, predictions, thresholds = [], [], []
     for i, splits in enumerate(fold_splits(config, k), start=1):

@@ -29,6 +29,7 @@ LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 LOG_FILE = "train.log"
 HISTORY_FILE = "history.jsonl"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 log = logging.getLogger("osteoscope")
 
@@ -50,7 +51,7 @@ def setup_logging(log_file: Path | None = None, *, verbose: bool = True) -> None
         log.addHandler(handler)
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
         log.addHandler(file_handler)
     log.propagate = False
 

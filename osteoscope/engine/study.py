@@ -48,6 +48,7 @@ from osteoscope.data.splits import load_splits, save_splits, split_patients
 from osteoscope.engine.checkpoint import load_checkpoint
 from osteoscope.engine.cost import measure_in_subprocess
 from osteoscope.engine.evaluate import evaluate_run, load_predictions
+from osteoscope.engine.preflight import build_checked_model
 from osteoscope.engine.runs import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -192,6 +193,9 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
         The summary also written to ``study.json``.
     """
     out = Path(out_dir)
+    for name in study.models:  # every model builds before the data are read or a folder is written
+        config = run_config(study, name, study.grid()[0])
+        build_checked_model(config, task_of(config))
     shared = _shared_split(study, out)
     tuning: dict[str, dict[str, Any]] = {}
     chosen: dict[str, Path] = {}

@@ -9,9 +9,12 @@ augmentation depend only on seed, epoch and sample index).
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -22,14 +25,21 @@ from osteoscope.data.splits import check_patient_leakage, load_splits, save_spli
 from osteoscope.engine.checkpoint import load_checkpoint
 from osteoscope.engine.inference import forward, infer, to_device
 from osteoscope.engine.loop import Checkpoints, EarlyStopping, EpochLog, History, Loop, lr_factor
+from osteoscope.engine.preflight import (
+    build_checked_model,
+    check_splits,
+    column_warnings,
+    resumed_config,
+    split_counts,
+)
 from osteoscope.engine.runs import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
     HISTORY_FILE,
     LAST_CHECKPOINT,
     LOG_FILE,
+    LOG_FORMAT,
     SPLITS_FILE,
-    build_run_model,
     check_cases,
     load_task_manifest,
     log,
@@ -58,6 +68,40 @@ def progress_bar() -> Progress:
     )
 
 
+def log_failure(run_dir: Path, error: BaseException) -> None:
+    """Write an error that stops a run into the run's own ``train.log`` (only there: the terminal shows it
+    once, from the CLI); a user error as one line, anything else with its traceback. An error raised before
+    the run's log is open (e.g. a refused ``--resume``) is appended to the log an earlier attempt left; with
+    no log yet nothing is written, so a bad command leaves no folder behind."""
+    target = (run_dir / LOG_FILE).resolve()
+    trace = None if isinstance(error, OsteoscopeError) else (type(error), error, error.__traceback__)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "run stopped: %s", (error,), trace)
+    handlers = [h for h in log.handlers if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == target]
+    if handlers:
+        for handler in handlers:
+            handler.handle(record)
+    elif target.is_file():
+        handler = logging.FileHandler(target, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.handle(record)
+        handler.close()
+
+
+def logs_failure(function: Callable[..., Path]) -> Callable[..., Path]:
+    """Decorate ``train`` so that an error stopping the run also reaches its log."""
+
+    @functools.wraps(function)
+    def wrapper(config: ExperimentConfig, run_dir: str | Path, **kwargs: Any) -> Path:
+        try:
+            return function(config, run_dir, **kwargs)
+        except Exception as error:
+            log_failure(Path(run_dir), error)
+            raise
+
+    return wrapper
+
+
+@logs_failure
 def train(
     config: ExperimentConfig,
     run_dir: str | Path,
@@ -65,25 +109,29 @@ def train(
     resume: bool = False,
     verbose: bool = True,
     splits: Mapping[str, str] | None = None,
+    override: bool = False,
 ) -> Path:
     """Train the model a config describes into ``run_dir``.
 
     Args:
-        config: The experiment (ignored on resume: the run's saved config is used).
+        config: The experiment. On resume it must equal the run's saved config, or differ only in the keys
+            that may change (``preflight.RESUMABLE``) with ``override``.
         run_dir: Output folder: config.yaml, splits.csv, train.log, history.jsonl, last.pt, best.pt.
         resume: Continue the run in ``run_dir`` from its last completed epoch (a finished run stays as it is).
         verbose: Show progress bars and log to the terminal (the log file is always written).
         splits: A given case -> train/val/test assignment (k-fold folds, a study's shared split) instead of
             splitting by ``data.split_seed``; checked for patient leakage.
+        override: On resume, apply the changed options (recorded in the log and the saved config).
 
     Returns:
         The run directory.
     """
     run_dir = Path(run_dir)
+    changes: list[str] = []
     if resume:
         if not (run_dir / LAST_CHECKPOINT).is_file():
             raise OsteoscopeError(f"nothing to resume in {run_dir} (no {LAST_CHECKPOINT})")
-        config = load_config(run_dir / CONFIG_FILE)
+        config, changes = resumed_config(load_config(run_dir / CONFIG_FILE), config, override=override)
     elif (run_dir / LAST_CHECKPOINT).exists():
         raise OsteoscopeError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
     task = task_of(config)
@@ -94,7 +142,7 @@ def train(
         raise ConfigError("no dataset given: set data.path (or --data)")
     name = model_name(config, task)
     torch.manual_seed(tc.seed)
-    model = build_run_model(config, task)  # before any file is written, so config errors leave nothing behind
+    model = build_checked_model(config, task)  # before any data are read or files written
     initialised = load_init_weights(model, tc.init_from, name) if tc.init_from and not resume else ""
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / LOG_FILE, verbose=verbose)
@@ -112,8 +160,15 @@ def train(
         config.model.preset,
         device,
     )
+    for change in changes:
+        log.warning("resumed with a changed option (--override): %s", change)
 
     manifest = load_task_manifest(task, config.data.path, skip_bad=config.data.skip_bad)
+    unread, others = column_warnings(task, manifest.columns)
+    for warning in unread:
+        log.warning("%s", warning)
+    if others:
+        log.info("%s", others)
     cache = make_cache(config)
     eval_builder = task.builder(False, cache)
     with progress_bar() as bar:
@@ -122,17 +177,12 @@ def train(
             manifest.cases, eval_builder, skip_bad=config.data.skip_bad, progress=lambda i: bar.update(job, completed=i)
         )
     report_skipped([*manifest.skipped, *bad])
-    assignment = _assign_splits(config, task, cases, run_dir, resume, splits)
+    assignment, source = _assign_splits(config, task, cases, run_dir, resume, splits)
     cases = [case for case in cases if case.case_id in assignment]
     parts = {name: [c for c in cases if assignment[c.case_id] == name] for name in ("train", "val", "test")}
-    log.info(
-        "patients split: %s",
-        ", ".join(f"{k} {len(v)} cases ({len({c.patient_id for c in v})} patients)" for k, v in parts.items()),
-    )
-    if not parts["train"] or not parts["val"]:
-        raise OsteoscopeError(
-            "training needs cases in both the train and val splits; add data or change split_fractions"
-        )
+    log.info("split from %s: %s", source, "; ".join(split_counts(task, k, v) for k, v in parts.items()))
+    for warning in [*check_splits(task, parts, source), *task.check(cases)]:
+        log.warning("%s", warning)
 
     train_set = CaseDataset(parts["train"], task.builder(True, cache), augment=True, seed=tc.seed)
     val_set = CaseDataset(parts["val"], eval_builder)
@@ -236,15 +286,29 @@ def train(
 
 def _assign_splits(
     config: ExperimentConfig, task, cases: list, run_dir: Path, resume: bool, given: Mapping[str, str] | None
-) -> dict[str, str]:
-    """The run's split: saved (resume), given (k-fold, study) or drawn by patient from the split seed."""
+) -> tuple[dict[str, str], str]:
+    """The run's split and where it came from: saved (resume; a given split must match it), given (k-fold,
+    study), the manifest's ``split`` column, or patients drawn by ``data.split_seed``."""
     if resume:
         saved = load_splits(run_dir / SPLITS_FILE)
-        return {case.case_id: saved[case.case_id] for case in cases if case.case_id in saved}
+        differ = sorted(c for c in saved if given is not None and given.get(c) != saved[c])
+        if given is not None and differ:
+            raise ConfigError(
+                f"--resume with a split that differs from the run's {SPLITS_FILE} for {len(differ)} case(s), e.g. "
+                f"{differ[0]}: saved {saved[differ[0]]}, given {given.get(differ[0])}"
+            )
+        kept = {case.case_id: saved[case.case_id] for case in cases if case.case_id in saved}
+        return kept, f"the run's {SPLITS_FILE}"
     if given is not None:
         assignment = {case.case_id: given[case.case_id] for case in cases if case.case_id in given}
         check_patient_leakage([case for case in cases if case.case_id in assignment], assignment)
+        source = "the given split (k-fold fold or study)"
     else:
         assignment = split_patients(cases, config.data.split_fractions, config.data.split_seed, stratum=task.stratum)
+        if any(case.split for case in cases):
+            source = "the manifest's split column"
+        else:
+            shares = "/".join(f"{f:g}" for f in config.data.split_fractions)
+            source = f"patients drawn by data.split_seed {config.data.split_seed} (fractions {shares})"
     save_splits(run_dir / SPLITS_FILE, [case for case in cases if case.case_id in assignment], assignment)
-    return assignment
+    return assignment, source

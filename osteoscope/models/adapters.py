@@ -365,7 +365,12 @@ class TimmTranslator(nn.Module):
         return {"logits": self.head(x)}
 
 
-@register_model_prefix("timm", "<any timm model>")
+@register_model_prefix(
+    "timm",
+    "<any timm model>",
+    "any 2-D network of timm by its name (timm:resnet18, timm:vit_small_patch16_224); sized by the name and "
+    "model.options, not by --preset; an image target builds a U-Net translator on it",
+)
 def create_timm_model(
     name: str,
     *,
@@ -674,7 +679,12 @@ class MonaiNet(nn.Module):
         return {"logits": out}
 
 
-@register_model_prefix("monai", "<any monai.networks.nets network>")
+@register_model_prefix(
+    "monai",
+    "<any monai.networks.nets network>",
+    "any network of monai.networks.nets, 2-D or 3-D (monai:resnet10, monai:DenseNet121); sized by the name "
+    "and model.options, not by --preset",
+)
 def create_monai_model(
     name: str,
     *,

@@ -208,7 +208,7 @@ class AsT(nn.Module):
         return out
 
 
-@register_model("ast")
+@register_model("ast", presets=AST_PRESETS)
 def create_ast(
     preset: str = "base",
     img_size: int | tuple[int, int] = 64,

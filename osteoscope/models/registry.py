@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
@@ -18,30 +18,34 @@ from torch import nn
 from osteoscope.errors import ConfigError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_PRESETS: dict[str, tuple[str, ...]] = {}
 _PREFIXES: dict[str, tuple[Callable[..., nn.Module], str]] = {}
+_PREFIX_HELP: dict[str, str] = {}
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 
-def register_model(name: str) -> Callable[[F], F]:
-    """Register a model factory under ``name``; a name may be registered once only."""
+def register_model(name: str, presets: Iterable[str] = ()) -> Callable[[F], F]:
+    """Register a model factory under ``name`` (once only), with the size presets its ``preset`` takes."""
 
     def decorator(factory: F) -> F:
         if name in _MODELS and _MODELS[name] is not factory:
             raise ConfigError(f"model name {name!r} is already registered")
         _MODELS[name] = factory
+        _PRESETS[name] = tuple(presets)
         return factory
 
     return decorator
 
 
-def register_model_prefix(prefix: str, placeholder: str) -> Callable[[F], F]:
+def register_model_prefix(prefix: str, placeholder: str, description: str = "") -> Callable[[F], F]:
     """Register ``factory(name, **kw)`` for every model name of the form ``"<prefix>:<name>"``.
 
     Args:
         prefix: The family prefix, without the colon (e.g. ``"timm"``).
         placeholder: What may follow the colon, shown by ``list_models(include_prefixes=True)``
             as ``"<prefix>:<placeholder>"`` (e.g. ``"<any timm model>"``).
+        description: One line for ``osteoscope models``: what the family builds and how it is sized.
     """
     if not prefix or ":" in prefix:
         raise ValueError(f"invalid model prefix {prefix!r}")
@@ -50,6 +54,7 @@ def register_model_prefix(prefix: str, placeholder: str) -> Callable[[F], F]:
         if prefix in _PREFIXES and _PREFIXES[prefix][0] is not factory:
             raise ConfigError(f"model prefix {prefix!r} is already registered")
         _PREFIXES[prefix] = (factory, placeholder)
+        _PREFIX_HELP[prefix] = description
         return factory
 
     return decorator
@@ -58,6 +63,16 @@ def register_model_prefix(prefix: str, placeholder: str) -> Callable[[F], F]:
 def list_model_prefixes() -> list[str]:
     """Return one line per prefix family, e.g. ``"timm:<any timm model>"``, sorted."""
     return sorted(f"{prefix}:{placeholder}" for prefix, (_, placeholder) in _PREFIXES.items())
+
+
+def model_presets(name: str) -> tuple[str, ...]:
+    """The size presets of a registered model (empty for a family name or a model without presets)."""
+    return _PRESETS.get(name, ())
+
+
+def prefix_descriptions() -> dict[str, str]:
+    """``"<prefix>:<placeholder>"`` -> its family's one-line description, sorted by prefix."""
+    return {f"{p}:{_PREFIXES[p][1]}": _PREFIX_HELP[p] for p in sorted(_PREFIXES)}
 
 
 def list_models(include_prefixes: bool = False) -> list[str]:

@@ -168,7 +168,7 @@ def check_swin_grid(img_size: int, patch_size: int, window_size: int, num_stages
         raise ConfigError(f"swin: img_size {img_size}, patch_size {patch_size}: {reason}{hint}")
 
 
-@register_model("vit")
+@register_model("vit", presets=VIT_PRESETS)
 def create_vit(
     preset: str = "base",
     img_size: int | tuple[int, int] = 64,
@@ -206,7 +206,7 @@ def create_vit(
     return SideBySideClassifier(net)
 
 
-@register_model("swin")
+@register_model("swin", presets=SWIN_PRESETS)
 def create_swin(
     preset: str = "base",
     img_size: int | tuple[int, int] = 64,

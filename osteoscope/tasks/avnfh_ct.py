@@ -76,9 +76,10 @@ class AvnfhCt(Task):
 
     @property
     def schema(self) -> Schema:
+        optional = ("box", "mask", "stage")
         if self.options.target == "stage":
-            return Schema(required=("image",))
-        return Schema(labels=("label",), label_values={"label": (0, 1)}, required=("image",))
+            return Schema(required=("image",), optional=optional)
+        return Schema(labels=("label",), label_values={"label": (0, 1)}, required=("image",), optional=optional)
 
     def target(self, case: Case) -> torch.Tensor:
         if self.options.target == "stage":

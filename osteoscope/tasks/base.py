@@ -23,7 +23,7 @@ from osteoscope.config import parse_options
 from osteoscope.data.augment import SpatialAugmentation
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import Augmentation, SampleBuilder
-from osteoscope.data.manifest import Box, Case
+from osteoscope.data.manifest import ENGINE_COLUMNS, Box, Case
 from osteoscope.data.splits import default_stratum
 from osteoscope.errors import DataError
 from osteoscope.heads import Head, NoOptions
@@ -33,19 +33,27 @@ CasePredicate = Callable[[Case], bool]
 
 @dataclass(frozen=True)
 class Schema:
-    """The manifest columns a task reads.
+    """The manifest columns a task reads: the single list of them, so a column outside it is reported as
+    unread (with the nearest name it may have been meant as) before training.
 
     Attributes:
         labels: Label columns that must exist in the header.
         label_values: Allowed integer values per label column.
         required: Image/mask columns every case must fill.
         any_of: Image columns of which every case must fill at least one (e.g. MR protocols).
+        optional: Further columns the task reads when present (boxes, masks, ``side``, ``stage``).
     """
 
     labels: tuple[str, ...] = ()
     label_values: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     any_of: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column read: the engine's (``case_id``, ``patient_id``, ``split``) and the task's."""
+        return tuple(dict.fromkeys((*ENGINE_COLUMNS, *self.labels, *self.required, *self.any_of, *self.optional)))
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,23 @@ class Task(ABC):
     def patient_aggregation(self) -> str | None:
         """``mean`` or ``max`` when several images of a patient get one patient-level score, else None."""
         return None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The model inputs the task's samples can hold (its builder's keys), checked against a model's
+        ``forward`` before any data are read."""
+        return self.builder(False, None).inputs
+
+    def check(self, cases: Sequence[Case]) -> list[str]:
+        """Task-specific checks of the cases of a run before any epoch (none by default).
+
+        Returns:
+            One-line warnings for the log, each naming the cases concerned.
+
+        Raises:
+            DataError: For a problem that would make training meaningless.
+        """
+        return []
 
     def stratum(self, case: Case) -> int:
         """The stratum of a case in the patient-level split (the label by default)."""

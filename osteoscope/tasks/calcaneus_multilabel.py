@@ -64,8 +64,9 @@ class CalcaneusMultilabel(Task):
     @property
     def schema(self) -> Schema:
         columns = tuple(f"label_{name}" for name in LABELS)
-        required = ("image", self.options.mask_column) if self.options.mask_as_channel else ("image",)
-        return Schema(labels=columns, label_values={c: (0, 1) for c in columns}, required=required)
+        mask = (self.options.mask_column,)
+        required, optional = (("image", *mask), ()) if self.options.mask_as_channel else (("image",), mask)
+        return Schema(labels=columns, label_values={c: (0, 1) for c in columns}, required=required, optional=optional)
 
     def target(self, case: Case) -> torch.Tensor:
         return torch.tensor([label_of(case, f"label_{name}") for name in LABELS], dtype=torch.float32)

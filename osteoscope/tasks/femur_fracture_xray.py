@@ -65,8 +65,10 @@ class FemurFractureXray(Task):
 
     @property
     def schema(self) -> Schema:
-        columns = ("image", *(f"image_{v}" for v in self.options.views))
-        return Schema(labels=("label",), label_values={"label": (0, 1)}, any_of=columns)
+        views = self.options.views
+        columns = ("image", *(f"image_{v}" for v in views))
+        boxes = ("box", *(f"box_{v}" for v in views)) if self.options.crop_to_box else ()
+        return Schema(labels=("label",), label_values={"label": (0, 1)}, any_of=columns, optional=boxes)
 
     def target(self, case: Case) -> torch.Tensor:
         return torch.tensor(label_of(case, "label"), dtype=torch.float32)

@@ -19,7 +19,7 @@ from torch import nn
 
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import BilateralRois, side_target
-from osteoscope.data.manifest import Case
+from osteoscope.data.manifest import Box, Case
 from osteoscope.data.readers import read_image
 from osteoscope.errors import DataError
 from osteoscope.heads import BinaryHead, Head
@@ -28,6 +28,22 @@ from osteoscope.phantoms import onfh_xray as onfh_xray_phantom
 from osteoscope.tasks.base import CasePredicate, ExtraEvaluation, Schema, StudyInputs, Task, label_of
 
 LOCALIZER_FILE = "localizer.pt"
+EXAMPLES = 5  # case ids quoted in a warning about many cases
+
+
+def centre_x(box: Box) -> float:
+    """The horizontal centre of a box (2-D ``x0 y0 x1 y1``, or 3-D), in image columns."""
+    return (box[0] + box[len(box) // 2]) / 2
+
+
+def sides_swapped(case: Case) -> bool:
+    """Whether a case's ``box_left`` lies left of its ``box_right`` on the image.
+
+    The manifest's sides are the patient's, and on a standard AP pelvis film (the phantom draws them so) the
+    patient's left hip appears on the image's right: ``box_left`` must be the box further right.
+    """
+    left, right = case.boxes.get("box_left"), case.boxes.get("box_right")
+    return left is not None and right is not None and centre_x(left) < centre_x(right)
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,12 @@ class OnfhXray(Task):
 
     @property
     def schema(self) -> Schema:
-        return Schema(labels=("label",), label_values={"label": (0, 1)}, required=("image",))
+        return Schema(
+            labels=("label",),
+            label_values={"label": (0, 1)},
+            required=("image",),
+            optional=("side", "stage", "box_left", "box_right"),
+        )
 
     def target(self, case: Case) -> torch.Tensor:
         return torch.tensor(label_of(case, "label"), dtype=torch.float32)
@@ -106,6 +127,17 @@ class OnfhXray(Task):
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"img_size": self.options.roi_size, "in_chans": 1, "spatial_dims": 2}
+
+    def check(self, cases: Sequence[Case]) -> list[str]:
+        """A warning when boxes sit on the wrong side for an AP film (see :func:`sides_swapped`)."""
+        swapped = [case.case_id for case in cases if sides_swapped(case)]
+        if not swapped:
+            return []
+        examples = ", ".join(swapped[:EXAMPLES]) + (", ..." if len(swapped) > EXAMPLES else "")
+        return [
+            f"{len(swapped)} of {len(cases)} case(s) have box_left left of box_right on the image ({examples}); "
+            "on an AP film the patient's left hip is on the image's right: check the box columns or the orientation"
+        ]
 
     def subsets(self) -> dict[str, CasePredicate]:
         def stages(*included: int) -> CasePredicate:
