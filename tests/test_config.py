@@ -89,4 +89,11 @@ def test_cli_lists_tasks_with_their_options_and_the_model_families() -> None:
     ):
         assert line in tasks.output
     models = CliRunner().invoke(app, ["models"])
-    assert "ast" in models.output and "timm:<any timm model>" in models.output and "monai:" in models.output
+    assert models.exit_code == 0, models.output
+    lines = models.output.splitlines()
+    ast = next(line for line in lines if line.split()[:2] == ["ast", "onfh-xray"])
+    assert "tiny 0.0156M" in ast and "small 0.0902M" in ast and "base 11M" in ast  # docs/models.md: small 0.09 M
+    assert any(line.split()[:2] == ["vit", "onfh-xray"] and "base 85.3M" in line for line in lines)
+    timm = next(line for line in lines if line.strip().startswith("timm:<any timm model>:"))
+    assert "femur-fracture-xray (timm:resnet18)" in timm and "--preset" in timm
+    assert any(line.strip().startswith("monai:") and "avnfh-ct (monai:resnet10)" in line for line in lines)

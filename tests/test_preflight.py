@@ -228,42 +228,48 @@ def test_resume_refuses_changed_options_unless_overridden(hips: Path, tmp_path: 
 
 
 def test_cli_resume_compares_only_the_options_given(hips: Path, tmp_path: Path) -> None:
+    """``train --resume`` starts from the run's saved config, so only the options typed are compared."""
+    from typer.testing import CliRunner
+
+    from osteoscope.cli import app
+
     run = train(config_from_dict(tiny_config(hips, epochs=1)), tmp_path / "run", verbose=False)
-    same = subprocess.run([*CLI, "train", "--resume", "--out", str(run)], capture_output=True, text=True, cwd=REPO)
-    assert same.returncode == 0, same.stderr
+    same = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert same.exit_code == 0, same.output
     assert "the run is already complete" in log_of(run)
-    changed = subprocess.run(
-        [*CLI, "train", "--resume", "--out", str(run), "--epochs", "3", "--set", "train.lr=0.1"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert changed.returncode == 2 and "Traceback" not in changed.stderr
-    error = changed.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: --resume with options that differ from the saved run")
-    assert "train.epochs: saved 1, given 3" in error and "train.lr: saved 0.001, given 0.1" in error
+    args = ["train", "--resume", "--out", str(run), "--epochs", "3", "--set", "train.lr=0.1"]
+    changed = CliRunner().invoke(app, args)
+    assert isinstance(changed.exception, ConfigError)
+    message = str(changed.exception)
+    assert message.startswith("--resume with options that differ from the saved run")
+    assert "train.epochs: saved 1, given 3" in message and "train.lr: saved 0.001, given 0.1" in message
 
 
 # --- finding 13: the model is checked before data are read or files written --------------------------------
 
 
+def test_a_bad_model_name_through_the_cli_leaves_no_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "no-data"), "--out", str(out), "--model", "no-such-model"]
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error: unknown model 'no-such-model'")
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("model", "message"),
     [
-        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
-        (["--model", "ast", "--preset", "huge"], "unknown preset 'huge'"),
-        (["--model", "ast", "--set", "model.options.bogus=1"], "does not accept 'bogus'"),
-        (["--model", "timm:test_resnet"], "needs the input(s) image, which task onfh-xray does not give"),
+        ({"name": "ast", "preset": "huge"}, "unknown preset 'huge'"),
+        ({"name": "ast", "options": {"bogus": 1}}, "does not accept 'bogus'"),
+        ({"name": "timm:test_resnet"}, r"needs the input\(s\) image, which task onfh-xray does not give"),
     ],
 )
-def test_a_bad_model_leaves_no_run_folder(args: list[str], message: str, tmp_path: Path) -> None:
-    missing = tmp_path / "no-data"  # never read: the model fails first
+def test_a_bad_model_fails_before_data_are_read_or_files_written(model: dict, message: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [*CLI, "train", "--data", str(missing), "--out", str(out), *args], capture_output=True, text=True, cwd=REPO
-    )
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr and "no manifest" not in result.stderr
+    config = tiny_config(tmp_path / "no-data", model=model)  # never read: the model fails first
+    with pytest.raises(ConfigError, match=message):
+        train(config_from_dict(config), out, verbose=False)
     assert not out.exists()
 
 
