@@ -116,6 +116,9 @@ class Head(ABC):
     mode: ClassVar[str]  # "max" or "min": the direction in which the monitor improves
     headline: ClassVar[str]  # the metric quoted first in logs and comparisons
     diagnostic: ClassVar[bool] = True  # False for a pretext stage, which predicts no diagnosis
+    # whether a train or val split lacking one class is an error: True where classes exclude each other (the
+    # monitor, or that class's training signal, is gone); a multi-label monitor averages the labels present
+    every_class_needed: ClassVar[bool] = True
     LossOptions: ClassVar[type] = NoOptions
 
     def __init__(self, names: Sequence[str] = ()) -> None:
@@ -472,6 +475,8 @@ class MultilabelHead(Head):
 
     def operating_point(self, targets: np.ndarray | None, values: np.ndarray | None) -> dict[str, Any]:
         return {"threshold": self.threshold, "source": f"fixed {self.threshold:g} for every label"}
+
+    every_class_needed = False
 
     def class_members(self, targets: np.ndarray) -> dict[str, np.ndarray]:
         return {name: targets[:, j] == 1 for j, name in enumerate(self.names)}

@@ -168,27 +168,33 @@ def fake_cases(labels: list, **fields: object) -> list[Case]:
 
 
 @pytest.mark.parametrize(
-    ("task", "options", "labels", "missing"),
-    [
-        ("onfh-xray", {}, [0, 0, 0, 0], "ONFH"),
-        ("onfh-mr-staging", {}, [0, 1, 1, 3], "ARCO III"),
-        (
-            "calcaneus-multilabel",
-            {},
-            [{f"label_{n}": int(n != "body") for n in make_task("calcaneus-multilabel").head.names}] * 4,
-            "body",
-        ),
-    ],
+    ("task", "labels", "missing"),
+    [("onfh-xray", [0, 0, 0, 0], "ONFH"), ("onfh-mr-staging", [0, 1, 1, 3], "ARCO III")],
 )
-def test_each_head_names_the_class_a_split_lacks(task: str, options: dict, labels: list, missing: str) -> None:
-    head_task = make_task(task, options)
-    parts = {"train": every_class(head_task), "val": fake_cases(labels), "test": []}
-    with pytest.raises(DataError, match=rf"the val split \(x\) has no case of {missing}"):
+def test_a_single_label_split_lacking_a_class_is_an_error(task: str, labels: list, missing: str) -> None:
+    head_task = make_task(task)
+    parts = {"train": every_class(head_task), "val": fake_cases(labels), "test": fake_cases(labels)}
+    with pytest.raises(DataError, match=rf"the val split \(x\) has no case of {missing}: val 4 cases of 2 patients"):
         check_splits(head_task, parts, "x")
     parts["val"] = every_class(head_task)
-    assert any("the test split is too small" in w for w in check_splits(head_task, parts, "x"))
+    warnings = check_splits(head_task, parts, "x")
+    assert any(w.startswith(f"the test split has no case of {missing}: its metrics will be n/a") for w in warnings)
+    assert any("the test split is too small" in w for w in warnings)
     with pytest.raises(DataError, match=rf"the train split \(x\) has no case of {missing}"):
         check_splits(head_task, {**parts, "train": fake_cases(labels)}, "x")
+
+
+def test_a_multilabel_split_lacking_a_label_is_a_warning_lacking_all_an_error() -> None:
+    task = make_task("calcaneus-multilabel")
+    names = task.head.names
+    no_body = fake_cases([{f"label_{n}": int(n != "body") for n in names}] * 4)
+    parts = {"train": every_class(task), "val": no_body, "test": every_class(task)}
+    warnings = check_splits(task, parts, "x")
+    expected = "the val split has no case of body: it is left out of the monitored score"
+    assert any(w.startswith(expected) for w in warnings)
+    negatives = fake_cases([dict.fromkeys((f"label_{n}" for n in names), 0)] * 4)
+    with pytest.raises(DataError, match=rf"the val split \(x\) has no case of {', '.join(names)}"):
+        check_splits(task, {**parts, "val": negatives}, "x")
 
 
 def every_class(task) -> list[Case]:

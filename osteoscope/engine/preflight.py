@@ -154,21 +154,30 @@ def split_counts(task: Task, name: str, cases: Sequence[Case]) -> str:
     return f"{name} {_count(cases)}" + (f" ({per_class})" if per_class else "")
 
 
+MISSING_CLASS_EFFECT = {
+    "train": "the model cannot learn it",
+    "val": "it is left out of the monitored score",
+    "test": "its metrics will be n/a",
+}
+
+
 def check_splits(task: Task, parts: Mapping[str, Sequence[Case]], source: str) -> list[str]:
-    """Raise when the train or val split is empty or lacks a class; return warnings for a test split that
-    lacks one and for val/test splits below :data:`MIN_PATIENTS` patients or :data:`MIN_CASES_PER_CLASS`
-    cases of a class. ``source`` says where the split came from, for the advice."""
+    """Raise when the train or val split is empty or lacks a class (for a multi-label head: every label;
+    see ``Head.every_class_needed``); return warnings for other missing classes and for val/test splits below
+    :data:`MIN_PATIENTS` patients or :data:`MIN_CASES_PER_CLASS` cases of a class. ``source`` says where the
+    split came from, for the advice."""
     fix = "fix the manifest's split column" if "manifest" in source else "add data or change data.split_fractions"
     warnings = []
     for name, cases in parts.items():
         members = class_cases(task, cases)
         missing = [cls for cls, found in members.items() if not found]
-        if name in LEARNED_SPLITS and (not cases or missing):
+        fatal = missing and (task.head.every_class_needed or len(missing) == len(members))
+        if name in LEARNED_SPLITS and (not cases or fatal):
             lacking = f"no case of {', '.join(missing)}" if cases else "no cases"
             raise DataError(f"the {name} split ({source}) has {lacking}: {split_counts(task, name, cases)}; {fix}")
-        if name in EVALUATED_SPLITS and missing:
+        if missing and cases:
             warnings.append(
-                f"the {name} split has no case of {', '.join(missing)}: metrics of that class will be n/a "
+                f"the {name} split has no case of {', '.join(missing)}: {MISSING_CLASS_EFFECT[name]} "
                 f"({split_counts(task, name, cases)})"
             )
         small = len({case.patient_id for case in cases}) < MIN_PATIENTS or any(
