@@ -294,7 +294,8 @@ def _assign_splits(
         differ = sorted(c for c in saved if given is not None and given.get(c) != saved[c])
         if given is not None and differ:
             raise ConfigError(
-                f"--resume with a split that differs from the run's {SPLITS_FILE} for {len(differ)} case(s), e.g. "
+                f"--resume with a split that differs from the run's {SPLITS_FILE} for {len(differ)} case(s) "
+                f"({run_dir}), e.g. "
                 f"{differ[0]}: saved {saved[differ[0]]}, given {given.get(differ[0])}"
             )
         kept = {case.case_id: saved[case.case_id] for case in cases if case.case_id in saved}
