@@ -62,7 +62,8 @@ class SampleBuilder(Protocol):
     checked against them before any data are read.
     """
 
-    inputs: ClassVar[tuple[str, ...]]
+    @property
+    def inputs(self) -> tuple[str, ...]: ...
 
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]: ...
 
@@ -211,9 +212,13 @@ class MaskedImage(CachedBuilder):
     ``mask`` (1, ...). With ``mask_as_channel`` the mask is also appended to ``image`` as a second channel,
     for models that take no mask; a case without the mask file then is an error naming the case."""
 
-    inputs: ClassVar[tuple[str, ...]] = ("image", "mask")
     mask_column: str | None = None
     mask_as_channel: bool = False
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """``image``, and ``mask`` when the builder reads one."""
+        return ("image",) if self.mask_column is None else ("image", "mask")
 
     def read_mask(self, case: Case, shape: tuple[int, ...]) -> np.ndarray | None:
         """The case's mask (None when it has none and none is needed)."""
