@@ -291,12 +291,11 @@ def _assign_splits(
     study), the manifest's ``split`` column, or patients drawn by ``data.split_seed``."""
     if resume:
         saved = load_splits(run_dir / SPLITS_FILE)
-        differ = sorted(c for c in saved if given is not None and given.get(c) != saved[c])
-        if given is not None and differ:
+        differ = sorted(c for c in saved if given.get(c) != saved[c]) if given is not None else []
+        if differ:
             raise ConfigError(
                 f"--resume with a split that differs from the run's {SPLITS_FILE} for {len(differ)} case(s) "
-                f"({run_dir}), e.g. "
-                f"{differ[0]}: saved {saved[differ[0]]}, given {given.get(differ[0])}"
+                f"({run_dir}), e.g. {differ[0]}: saved {saved[differ[0]]}, given {given.get(differ[0])}"
             )
         kept = {case.case_id: saved[case.case_id] for case in cases if case.case_id in saved}
         return kept, f"the run's {SPLITS_FILE}"
