@@ -3,8 +3,7 @@
 A model serves a task when it builds with the task's default arguments (its ``model_kwargs`` and head) and
 its ``forward`` finds its inputs among the task's sample keys, the same check a run makes before reading
 data. Sizes are counted on PyTorch's meta device (no memory, no weight initialisation), so even the ``base``
-presets count in well under a second; a model whose constructor computes on tensor values is built on the
-CPU instead.
+presets count in well under a second (a factory therefore must not read tensor values while it builds).
 """
 
 from __future__ import annotations
@@ -30,12 +29,9 @@ class ModelEntry:
 
 
 def _build(name: str, preset: str, task: Task) -> nn.Module:
-    """The model as a run of ``task`` would build it, on the meta device where its constructor allows."""
+    """The model as a run of ``task`` would build it, on the meta device (shapes only, no memory)."""
     config = ExperimentConfig(task=task.name, model=ModelConfig(name=name, preset=preset))
-    try:
-        with torch.device("meta"):
-            return build_checked_model(config, task)
-    except NotImplementedError:  # the constructor reads tensor values, which meta tensors do not hold
+    with torch.device("meta"):
         return build_checked_model(config, task)
 
 
