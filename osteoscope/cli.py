@@ -52,7 +52,7 @@ def phantom(
     if preview is not None:
         from osteoscope.phantoms.preview import contact_sheet
 
-        typer.echo(f"contact sheet: {contact_sheet(out, preview)}")
+        typer.echo(f"contact sheet: {contact_sheet(out, preview, task)}")
 
 
 def _experiment(

@@ -31,6 +31,7 @@ __all__ = [
     "plot_roc",
     "plot_roc_multiclass",
     "plot_training_curves",
+    "roc_figure",
 ]
 
 
@@ -64,26 +65,26 @@ def _finish_unit_square(ax: Axes, xlabel: str, ylabel: str, title: str, legend_l
     ax.legend(loc=legend_loc, fontsize="small")
 
 
-def plot_roc(
+def plot_roc(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: str | Path, **options: Any) -> Path:
+    """Write :func:`roc_figure` (same arguments after ``path``) as PNG to ``path`` and return the path."""
+    return _save(roc_figure(curves, **options), path)
+
+
+def roc_figure(
     curves: dict[str, tuple[ArrayLike, ArrayLike]],
-    path: str | Path,
     *,
     operating_points: dict[str, tuple[float, float]] | None = None,
     bands: dict[str, Mapping[str, Any]] | None = None,
     title: str = "ROC",
-) -> Path:
-    """Plot one or more ROC curves with their AUC and number of cases (positives) in the legend.
+) -> Figure:
+    """One or more ROC curves with their AUC and number of cases (positives) in the legend.
 
     Args:
         curves: Name -> ``(y_true, y_score)``; each needs both classes.
-        path: Output PNG file.
         operating_points: Name -> ``(fpr, tpr)`` drawn as markers, e.g. a chosen threshold or a human reader.
         bands: Name (of a curve) -> a bootstrap band (``fpr``, ``low``, ``high``, ``n_boot``, as from
             :func:`osteoscope.metrics.bootstrap_roc_band`), shaded around that curve.
         title: Figure title.
-
-    Returns:
-        The written path.
 
     Raises:
         ValueError: when ``curves`` is empty, an input is malformed or lacks a class, or an operating point
@@ -135,7 +136,7 @@ def plot_roc(
     _finish_unit_square(
         ax, "1 - specificity (false positive rate)", "Sensitivity (true positive rate)", title, "lower right"
     )
-    return _save(fig, path)
+    return fig
 
 
 def plot_roc_multiclass(

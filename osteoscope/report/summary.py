@@ -317,6 +317,7 @@ def kfold_report(summary: Mapping[str, Any], head: Head) -> str:
     )
     return (
         f"# {summary['k']}-fold cross-validation of {summary['model']} ({summary['task']})\n\n"
+        f"{provenance_lines(provenance())}\n\n"
         f"{summary['n_cases']} cases of {summary['n_patients']} patients, each scored once out of fold.\n\n"
         f"## Per fold\n\n{per_fold}\n\n## Over folds\n\n{over}\n\n"
         f"## Pooled out-of-fold predictions\n\n{head.table([('pooled', summary['pooled'])])}\n"
