@@ -179,7 +179,7 @@ def evaluate(
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 2000,
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable cases (listed in the log).")] = False,
 ) -> None:
-    """Evaluate on held-out patients: metrics.json with 95% intervals, ROC, confusion matrix, report.md."""
+    """Evaluate on held-out patients: metrics.json with 95% intervals, plots, report.md and report.html, model card."""
     from osteoscope.engine.evaluate import evaluate_run
     from osteoscope.engine.runs import setup_logging
 

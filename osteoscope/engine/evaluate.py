@@ -169,10 +169,10 @@ def evaluate_run(
             "out": str(out),
         }
         handle.write(json.dumps(record) + "\n")
-    if split != "val":
+    if split != "val":  # a validation-split evaluation is a diagnostic: no card entry, and no val_* clash
         write_model_card(run.path / MODEL_CARD, task, config, _evaluations(run.path))
-    tracked = figures(result["overall"], split)
-    track_evaluation(run.path, f"eval-{split}", tracked, config, run.config.train.mlflow, task.name)
+        tracked = figures(result["overall"], "external" if split == "all" else split)
+        track_evaluation(run.path, f"eval-{split}", tracked, config, run.config.train.mlflow, task.name)
     log.info(
         "evaluated %d cases (%d patients): %s %s; written to %s",
         result["n_cases"],
