@@ -124,3 +124,29 @@ def test_only_the_main_process_tracks(tmp_path: Path, monkeypatch: pytest.Monkey
     handler.epoch_end(None, {"epoch": 1, "loss": 0.5})  # type: ignore[arg-type]
     handler.run_end(None)  # type: ignore[arg-type]
     assert not (tmp_path / "tb").exists() and not (tmp_path / TRACKING_FILE).exists()
+
+
+def test_a_new_mlflow_store_on_resume_gets_the_params_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Tracker(tmp_path / "run", "", "exp").params({"lr": 0.1})  # first trained without MLflow
+    later = Tracker(tmp_path / "run", str(tmp_path / "store"), "exp")
+    assert not later.started
+    later.params({"lr": 0.1})
+    client = mlflow_client((tmp_path / "store").as_uri(), monkeypatch)
+    [logged] = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert logged.data.params == {"lr": "0.1"}
+
+
+def test_kfold_and_study_pass_the_mlflow_store_to_every_run() -> None:
+    from osteoscope.cli import _experiment
+    from osteoscope.engine.study import parse_study, run_config
+
+    assert _experiment(None, None, None, None, None, None, None, False, mlflow="file:///s").train.mlflow == "file:///s"
+    values = {
+        "task": "femur-fracture-xray",
+        "data": {"path": "data"},
+        "train": {"epochs": 1, "mlflow": "file:///s"},  # what `osteoscope study --mlflow` sets
+        "tuning": {"lr": [1e-3, 3e-3]},
+        "models": {"a": {"model": {"name": "timm:test_resnet"}}, "b": {"model": {"name": "vit"}}},
+    }
+    study = parse_study(values)
+    assert {run_config(study, m, p).train.mlflow for m in study.models for p in study.grid()} == {"file:///s"}

@@ -354,8 +354,9 @@ class Tracker:
 
     @property
     def started(self) -> bool:
-        """Whether this run has logged its params (once, at its first epoch; not again on resume)."""
-        return bool(self.state.get("params_logged"))
+        """Whether this run has logged its params where it logs now (once, at its first epoch; not again on
+        resume unless the MLflow store changed)."""
+        return bool(self.state.get("params_logged")) and (not self.uri or self.state.get("mlflow_uri") == self.uri)
 
     def writer(self) -> Any:
         """The TensorBoard writer of ``RUN/tb/``."""
