@@ -23,7 +23,7 @@ h1 { font-size: 1.6rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ccc; 
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
 th { background: #f0f0f0; }
-img { max-width: 100%; margin: 0.5rem 1rem 0.5rem 0; vertical-align: top; }
+img { max-width: min(100%, 40rem); margin: 0.5rem 1rem 0.5rem 0; vertical-align: top; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
 code { font-size: 0.85em; }
 """
