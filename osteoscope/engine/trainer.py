@@ -184,7 +184,7 @@ def train(
         Checkpoints(run_dir / BEST_CHECKPOINT, run_dir / LAST_CHECKPOINT, monitor, extra),
         History(run_dir / HISTORY_FILE),
         EpochLog(log.info, tc.epochs, stopping),
-        Tracking(run_dir, extra["config"], tc.mlflow, experiment=config.task),
+        Tracking(run_dir, config_to_dict(config), tc.mlflow, experiment=config.task),
     ]
     with progress_bar() as bar:
         jobs: dict[int, object] = {}
