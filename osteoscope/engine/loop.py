@@ -387,6 +387,7 @@ class Tracker:
         return self._client, self.state["mlflow_run_id"]
 
     def save(self) -> None:
+        """Write ``RUN/tracking.json`` (the MLflow store and run, whether the params were logged)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text(json.dumps(self.state, indent=2))
 
