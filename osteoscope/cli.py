@@ -54,7 +54,7 @@ def phantom(
     if preview is not None:
         from osteoscope.phantoms.preview import contact_sheet
 
-        typer.echo(f"contact sheet: {contact_sheet(out, preview)}")
+        typer.echo(f"contact sheet: {contact_sheet(out, preview, task)}")
 
 
 def _experiment(
@@ -67,6 +67,7 @@ def _experiment(
     set_: list[str] | None,
     skip_bad: bool,
     init_from: str | None = None,
+    mlflow: str | None = None,
 ):
     """The experiment config a command's options describe (file, shortcuts, then --set overrides)."""
     from osteoscope.config import load_config
@@ -79,6 +80,7 @@ def _experiment(
         ("train.epochs", epochs),
         ("train.seed", seed),
         ("train.init_from", init_from),
+        ("train.mlflow", mlflow),
     ):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -95,6 +97,10 @@ EpochsOption = Annotated[int | None, typer.Option(help="Overrides train.epochs."
 SeedOption = Annotated[int | None, typer.Option(help="Overrides train.seed.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Any config value: section.key=value.")]
 SkipBadOption = Annotated[bool, typer.Option(help="Skip unreadable cases (listed in the log).")]
+MlflowOption = Annotated[
+    str | None,
+    typer.Option(help="Also log to MLflow: a tracking URI or a folder (TensorBoard files go to RUN/tb/ always)."),
+]
 
 
 @app.command()
@@ -117,8 +123,9 @@ def train(
     init_from: Annotated[
         str | None, typer.Option(help="Start from an earlier run's weights: RUN[:PREFIX] or RUN:PREFIX=NEW.")
     ] = None,
+    mlflow: MlflowOption = None,
 ) -> None:
-    """Train a model; the final config, split, log and checkpoints go to the run directory."""
+    """Train a model; the final config, split, log, checkpoints and TensorBoard files go to the run directory."""
     from osteoscope.engine.runs import CONFIG_FILE
     from osteoscope.engine.trainer import train as run_training
 
@@ -126,7 +133,7 @@ def train(
         raise OsteoscopeError("--override applies to --resume only")
     if resume and config is None and (out / CONFIG_FILE).is_file():
         config = out / CONFIG_FILE  # the options given are compared with the saved run, not with the defaults
-    experiment = _experiment(config, data, model, preset, epochs, seed, set_, skip_bad, init_from)
+    experiment = _experiment(config, data, model, preset, epochs, seed, set_, skip_bad, init_from, mlflow)
     run_training(experiment, out, resume=resume, override=override)
 
 
@@ -145,11 +152,13 @@ def kfold(
     set_: SetOption = None,
     skip_bad: SkipBadOption = False,
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 2000,
+    mlflow: MlflowOption = None,
 ) -> None:
     """K-fold cross-validation by patient: every case scored once out of fold; resumes what exists."""
     from osteoscope.engine.kfold import cross_validate
 
-    cross_validate(_experiment(config, data, model, preset, epochs, seed, set_, skip_bad), out, k, n_boot=n_boot)
+    experiment = _experiment(config, data, model, preset, epochs, seed, set_, skip_bad, mlflow=mlflow)
+    cross_validate(experiment, out, k, n_boot=n_boot)
     typer.echo((out / "report.md").read_text())
 
 
@@ -161,11 +170,14 @@ def study(
     ),
     data: DataOption = None,
     threads: Annotated[int, typer.Option(help="CPU threads of the cost measurement (0 = torch default).")] = 0,
+    mlflow: MlflowOption = None,
 ) -> None:
     """Compare models on one split with an equal tuning budget: test metrics, paired tests, compute cost."""
     from osteoscope.engine.study import load_study, run_study
 
-    overrides = {"data": {"path": str(data)}} if data is not None else {}
+    overrides: dict = {"data": {"path": str(data)}} if data is not None else {}
+    if mlflow is not None:
+        overrides["train"] = {"mlflow": mlflow}
     run_study(load_study(file, overrides), out, threads=threads)
     typer.echo((out / "report.md").read_text())
 
@@ -179,7 +191,7 @@ def evaluate(
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 2000,
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable cases (listed in the log).")] = False,
 ) -> None:
-    """Evaluate on held-out patients: metrics.json with 95% intervals, ROC, confusion matrix, report.md."""
+    """Evaluate on held-out patients: metrics.json with 95% intervals, plots, report.md and report.html, model card."""
     from osteoscope.engine.evaluate import evaluate_run
     from osteoscope.engine.runs import setup_logging
 

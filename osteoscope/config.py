@@ -89,6 +89,8 @@ class TrainConfig:
         amp: Mixed precision on CUDA (ignored on CPU).
         channels_last: Channels-last memory format on CUDA (ignored on CPU).
         threads: CPU threads for torch (0 = torch's default).
+        mlflow: MLflow tracking URI (a server, ``file:///path`` or a folder) to log params and metrics to, as
+            well as the TensorBoard files every run writes to ``RUN/tb/``; empty for none.
     """
 
     epochs: int = 30
@@ -104,6 +106,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     threads: int = 0
+    mlflow: str = ""
 
 
 @dataclass

@@ -56,6 +56,28 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def figures(result: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """The top-level estimated figures of a head result with their interval bounds, as flat numbers for
+    experiment tracking: ``{prefix}_auc``, ``{prefix}_auc_low``, ``{prefix}_auc_high``, ... (undefined ones
+    are left out)."""
+    out: dict[str, float] = {}
+    for name, value in result.items():
+        if isinstance(value, Mapping) and "estimate" in value:
+            for key, suffix in (("estimate", ""), ("low", "_low"), ("high", "_high")):
+                if isinstance(value.get(key), int | float) and np.isfinite(value[key]):
+                    out[f"{prefix}_{name}{suffix}"] = float(value[key])
+    if isinstance(result.get("n"), int):
+        out[f"{prefix}_n"] = float(result["n"])
+    return out
+
+
+def _most(order_by: np.ndarray, chosen: np.ndarray, k: int, descending: bool) -> list[int]:
+    """Up to ``k`` indices of the chosen cases with the highest (or lowest) ``order_by``."""
+    index = np.flatnonzero(chosen)
+    ranked = index[np.argsort(-order_by[index] if descending else order_by[index], kind="stable")]
+    return ranked[:k].tolist()
+
+
 def paired(metric: str, test: str, result: Mapping[str, float], mcnemar: dict | None = None) -> dict[str, Any]:
     """A paired comparison as the heads report it: the difference (A - B) of ``metric`` with its 95% interval
     and p value from ``test``, and McNemar's test at the decision rules where there is one."""
@@ -207,8 +229,59 @@ class Head(ABC):
     ) -> dict[str, Any]:
         """Paired tests of model A against model B on the same cases."""
 
-    def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
-        """Plots of one or several models' results on the same cases; returns name -> PNG path."""
+    def plots(
+        self,
+        curves: Curves,
+        results: Mapping[str, Mapping],
+        out_dir: Path,
+        prefix: str = "",
+        groups: np.ndarray | None = None,
+    ) -> dict[str, str]:
+        """Plots of one or several models' results on the same cases (``groups``: their patients, for the
+        bootstrap bands); returns name -> PNG path."""
+        return {}
+
+    def calibration(self, targets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """What calibration is measured on: ``(0/1 outcomes, probabilities, what they are)``, None without
+        probabilities (a pretext stage)."""
+        return None
+
+    def calibration_plots(self, curves: Curves, out_dir: Path, prefix: str = "") -> dict[str, str]:
+        """A reliability diagram with its ECE per model (see :meth:`calibration`)."""
+        from osteoscope.report.plots import plot_reliability
+
+        paths = {}
+        for name, (targets, values) in curves.items():
+            pairs = self.calibration(targets, values)
+            if pairs is not None:
+                tag = f"{prefix}{name}-" if len(curves) > 1 else prefix
+                outcome, probability, what = pairs
+                paths[f"{tag}reliability"] = str(
+                    plot_reliability(outcome, probability, out_dir / f"{tag}reliability.png", title=f"{name}: {what}")
+                )
+        return paths
+
+    @abstractmethod
+    def output_text(self) -> str:
+        """What the model outputs, in words (for the model card)."""
+
+    def balance(self, targets: np.ndarray) -> dict[str, int]:
+        """Cases per class (positives per label) among known targets, for the data summary; {} when none."""
+        return {}
+
+    def describe(self, target: np.ndarray) -> str:
+        """A case's target in words (class or label names), for reports and contact sheets."""
+        return ""
+
+    def describe_value(self, value: np.ndarray, operating: Mapping[str, Any]) -> str:
+        """A case's prediction in words at the decision rule."""
+        return ""
+
+    def examples(
+        self, targets: np.ndarray, values: np.ndarray, operating: Mapping[str, Any], k: int = 2
+    ) -> dict[str, list[int]]:
+        """Example cases to show a reviewer: kind (e.g. ``false positive``) -> up to ``k`` case indices, the
+        most confident first."""
         return {}
 
     @abstractmethod
@@ -310,20 +383,55 @@ class BinaryHead(Head):
         )
         return paired("auc", "DeLong", delong, mcnemar)
 
-    def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
-        from osteoscope.report.plots import plot_confusion_matrix, plot_roc
+    def plots(self, curves, results, out_dir, prefix="", groups=None) -> dict[str, str]:
+        """ROC with a bootstrap band over patients and the operating point, precision-recall, reliability, and
+        (for one model) the confusion matrix at the threshold."""
+        from osteoscope.metrics import bootstrap_roc_band
+        from osteoscope.report.plots import plot_confusion_matrix, plot_precision_recall, plot_roc
 
         points = {
             f"{name} at threshold": (1 - r["specificity"]["estimate"], r["sensitivity"]["estimate"])
             for name, r in results.items()
         }
-        paths = {"roc": plot_roc(dict(curves), out_dir / f"{prefix}roc.png", operating_points=points)}
+        labelled = {name: (t.astype(int), v) for name, (t, v) in curves.items()}
+        bands = {name: bootstrap_roc_band(t, v, groups=groups) for name, (t, v) in labelled.items()}
+        paths = {
+            f"{prefix}roc": plot_roc(labelled, out_dir / f"{prefix}roc.png", operating_points=points, bands=bands),
+            f"{prefix}pr": plot_precision_recall(labelled, out_dir / f"{prefix}pr.png"),
+        }
         if len(results) == 1:
             ((name, result),) = results.items()
-            paths["confusion"] = plot_confusion_matrix(
+            paths[f"{prefix}confusion"] = plot_confusion_matrix(
                 result["confusion_matrix"], list(self.names), out_dir / f"{prefix}confusion.png", title=name
             )
-        return {k: str(v) for k, v in paths.items()}
+        return {**{k: str(v) for k, v in paths.items()}, **self.calibration_plots(curves, out_dir, prefix)}
+
+    def calibration(self, targets, values):
+        return targets.astype(int), values, f"P({self.names[1]})"
+
+    def output_text(self) -> str:
+        return f"the probability of {self.names[1]} (against {self.names[0]}), and a decision at the operating point"
+
+    def balance(self, targets: np.ndarray) -> dict[str, int]:
+        known = targets[self.known(targets)]
+        return {name: int((known == k).sum()) for k, name in enumerate(self.names)}
+
+    def describe(self, target: np.ndarray) -> str:
+        value = float(np.asarray(target).reshape(-1)[0])
+        return "unknown" if np.isnan(value) else self.names[int(value)]
+
+    def describe_value(self, value, operating) -> str:
+        p = float(np.asarray(value).reshape(-1)[0])
+        return f"{p:.3f}: {self.names[int(p >= float(operating['threshold']))]}"
+
+    def examples(self, targets, values, operating, k=2) -> dict[str, list[int]]:
+        y, positive = targets.astype(int), values >= float(operating["threshold"])
+        return {
+            "true positive": _most(values, (y == 1) & positive, k, True),
+            "false positive": _most(values, (y == 0) & positive, k, True),
+            "false negative": _most(values, (y == 1) & ~positive, k, False),
+            "true negative": _most(values, (y == 0) & ~positive, k, False),
+        }
 
     def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         body = [[label, f"{r['n']} ({r['n_positive']})", *(interval(r[m]) for m in self.TABLE)] for label, r in rows]
@@ -392,19 +500,51 @@ class MulticlassHead(Head):
         right_b = (values_b.argmax(axis=1) == y).astype(int)
         return paired("macro_auc", "paired bootstrap", test, mcnemar_test(np.ones_like(y), right_a, right_b))
 
-    def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
-        from osteoscope.report.plots import plot_confusion_matrix, plot_roc_multiclass
+    def plots(self, curves, results, out_dir, prefix="", groups=None) -> dict[str, str]:
+        """Per model: one-vs-rest ROC and precision-recall, the confusion matrix, and the reliability of the
+        predicted class's probability."""
+        from osteoscope.report.plots import plot_confusion_matrix, plot_precision_recall, plot_roc_multiclass
 
         paths = {}
         for name, (targets, values) in curves.items():
             tag = f"{prefix}{name}-" if len(curves) > 1 else prefix
+            y = targets.astype(int)
             paths[f"{tag}roc"] = plot_roc_multiclass(
-                targets.astype(int), values, list(self.names), out_dir / f"{tag}roc.png", title=f"{name}: one vs rest"
+                y, values, list(self.names), out_dir / f"{tag}roc.png", title=f"{name}: one vs rest"
+            )
+            per_class = {c: ((y == k).astype(int), values[:, k]) for k, c in enumerate(self.names) if (y == k).any()}
+            paths[f"{tag}pr"] = plot_precision_recall(
+                per_class, out_dir / f"{tag}pr.png", title=f"{name}: precision-recall, one vs rest"
             )
             paths[f"{tag}confusion"] = plot_confusion_matrix(
                 results[name]["confusion_matrix"], list(self.names), out_dir / f"{tag}confusion.png", title=name
             )
-        return {k: str(v) for k, v in paths.items()}
+        return {**{k: str(v) for k, v in paths.items()}, **self.calibration_plots(curves, out_dir, prefix)}
+
+    def output_text(self) -> str:
+        return f"a probability for each of {', '.join(self.names)}; the decision is the most probable class"
+
+    def calibration(self, targets, values):
+        correct = (values.argmax(axis=1) == targets.astype(int)).astype(int)
+        return correct, values.max(axis=1), "probability of the predicted class"
+
+    def balance(self, targets: np.ndarray) -> dict[str, int]:
+        return {name: int((targets == k).sum()) for k, name in enumerate(self.names)}
+
+    def describe(self, target: np.ndarray) -> str:
+        value = int(np.asarray(target).reshape(-1)[0])
+        return self.names[value] if value >= 0 else "unknown"
+
+    def describe_value(self, value, operating) -> str:
+        k = int(np.argmax(value))
+        return f"{self.names[k]} ({float(value[k]):.3f})"
+
+    def examples(self, targets, values, operating, k=2) -> dict[str, list[int]]:
+        confidence, correct = values.max(axis=1), values.argmax(axis=1) == targets.astype(int)
+        return {
+            "correct, most confident": _most(confidence, correct, 2 * k, True),
+            "wrong, most confident": _most(confidence, ~correct, 2 * k, True),
+        }
 
     def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         summary = markdown_table(
@@ -501,7 +641,32 @@ class MultilabelHead(Head):
         exact_b = np.all((values_b >= operating_b["threshold"]) == (y == 1), axis=1).astype(int)
         return paired("map", "paired bootstrap", test, mcnemar_test(np.ones_like(exact_a), exact_a, exact_b))
 
-    def plots(self, curves: Curves, results: Mapping[str, Mapping], out_dir: Path, prefix: str = "") -> dict[str, str]:
+    def output_text(self) -> str:
+        return f"a probability for each label ({', '.join(self.names)}), each decided at the threshold"
+
+    def calibration(self, targets, values):
+        return targets.astype(int).ravel(), values.ravel(), "every label's probability, pooled"
+
+    def balance(self, targets: np.ndarray) -> dict[str, int]:
+        return {name: int((targets[:, j] == 1).sum()) for j, name in enumerate(self.names)}
+
+    def describe(self, target: np.ndarray) -> str:
+        return ", ".join(name for name, t in zip(self.names, np.asarray(target), strict=True) if t == 1) or "none"
+
+    def describe_value(self, value, operating) -> str:
+        chosen = [f"{n} ({p:.2f})" for n, p in zip(self.names, value, strict=True) if p >= operating["threshold"]]
+        return ", ".join(chosen) or "none"
+
+    def examples(self, targets, values, operating, k=2) -> dict[str, list[int]]:
+        wrong = ((values >= float(operating["threshold"])) != (targets == 1)).sum(axis=1)
+        error = np.abs(values - targets).mean(axis=1)
+        return {
+            "every label right, most confident": _most(error, wrong == 0, 2 * k, False),
+            "most labels wrong": _most(wrong + error, wrong > 0, 2 * k, True),
+        }
+
+    def plots(self, curves, results, out_dir, prefix="", groups=None) -> dict[str, str]:
+        """Per model: precision-recall per label and the reliability of all labels' probabilities pooled."""
         from osteoscope.report.plots import plot_precision_recall
 
         paths = {}
@@ -516,7 +681,7 @@ class MultilabelHead(Head):
                 paths[f"{tag}pr"] = plot_precision_recall(
                     per_label, out_dir / f"{tag}pr.png", title=f"{name}: precision-recall per label"
                 )
-        return {k: str(v) for k, v in paths.items()}
+        return {**{k: str(v) for k, v in paths.items()}, **self.calibration_plots(curves, out_dir, prefix)}
 
     def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         names = {
@@ -615,6 +780,19 @@ class PretextHead(Head):
             lambda t, v: float(v.mean()), targets, values_a, values_b, groups=groups, n_boot=n_boot, seed=seed
         )
         return paired("mae", "paired bootstrap", test)
+
+    def output_text(self) -> str:
+        return "an image (a self-supervised pretext stage whose encoder starts a later stage): no diagnosis"
+
+    def describe_value(self, value, operating) -> str:
+        return f"MAE {float(np.asarray(value).reshape(-1)[0]):.4f}"
+
+    def examples(self, targets, values, operating, k=2) -> dict[str, list[int]]:
+        everyone = np.ones(len(values), dtype=bool)
+        return {
+            "lowest error": _most(values[:, 0], everyone, k, False),
+            "highest error": _most(values[:, 0], everyone, k, True),
+        }
 
     def table(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return markdown_table(

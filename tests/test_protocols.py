@@ -214,6 +214,17 @@ def test_study_report_has_paired_tests_and_compute_cost(study: tuple[Path, dict]
         assert part in report
 
 
+def test_study_report_html_compares_the_models_and_renders(study: tuple[Path, dict], tmp_path: Path) -> None:
+    from test_report_html import assert_self_contained
+
+    out, summary = study
+    assert {"roc", "pr", "resnet-reliability", "effnet-reliability"} == set(summary["plots"])
+    report = (out / "report.md").read_text()
+    assert "![roc](roc.png)" in report and "![training](training.png)" in report  # all models in one figure each
+    assert "by osteoscope" in report and summary["provenance"]["manifest"]["sha256"] in report
+    assert_self_contained(out / "report.html", tmp_path)
+
+
 def test_study_resumes_run_by_run_and_checks_the_split(study: tuple[Path, dict], femur: Path) -> None:
     out, summary = study
     history = out / "effnet" / "lr-0.001" / "history.jsonl"

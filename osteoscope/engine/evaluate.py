@@ -7,7 +7,9 @@ bootstrap intervals resampling whole patients (a patient's studies are correlate
 
 Written to the output folder: ``metrics.json``, ``predictions.csv`` (one column per class or label, the
 task's extra outputs, and the file of every saved map), ``predictions.npz`` (the same values as arrays, for
-comparisons), the plots, ``maps/`` and ``report.md``.
+comparisons), the plots, ``maps/``, ``report.md`` and the self-contained ``report.html``. The run folder gets its
+``model_card.md`` (from every evaluation but those of the validation split), and the figures go to its
+TensorBoard files and MLflow run.
 """
 
 from __future__ import annotations
@@ -21,13 +23,25 @@ from typing import Any
 
 import numpy as np
 
+from osteoscope.config import config_to_dict
 from osteoscope.data.datasets import CaseDataset
 from osteoscope.data.manifest import Case
 from osteoscope.engine.inference import Inference, infer
-from osteoscope.engine.runs import Run, check_cases, load_run, load_task_manifest, log, make_cache, report_skipped
+from osteoscope.engine.loop import read_history, track_evaluation
+from osteoscope.engine.runs import (
+    HISTORY_FILE,
+    Run,
+    check_cases,
+    load_run,
+    load_task_manifest,
+    log,
+    make_cache,
+    report_skipped,
+)
 from osteoscope.errors import DataError
-from osteoscope.heads import interval
-from osteoscope.report.summary import write_evaluation_report
+from osteoscope.heads import figures, interval
+from osteoscope.report.card import MODEL_CARD, write_model_card
+from osteoscope.report.summary import evaluation_context, example_cases, write_evaluation_report
 
 EVAL_LOG = "evaluations.jsonl"
 PREDICTIONS = "predictions.npz"
@@ -136,10 +150,16 @@ def evaluate_run(
             "operating_point": extra_operating,
             **extra.head.evaluate(extra.targets, extra.values, extra.groups, extra_operating, n_boot, seed),
         }
-    result["plots"] = head.plots({run.model_name: (targets, values)}, {run.model_name: result["overall"]}, out)
+    result["plots"] = head.plots(
+        {run.model_name: (targets, values)}, {run.model_name: result["overall"]}, out, groups=groups[known]
+    )
+    result.update(evaluation_context(task, manifest.path, manifest.cases, run.splits, split, targets, values))
     _write_predictions(out, run, cases, pred)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
-    write_evaluation_report(result, head, out / "report.md")
+    config = config_to_dict(run.config)
+    examples = example_cases(head, scored, targets, values, operating, lambda case: builder(case, None), out)
+    history = read_history(run.path / HISTORY_FILE)
+    write_evaluation_report(result, head, out / "report.md", history=history, config=config, examples=examples)
     with (run.path / EVAL_LOG).open("a") as handle:
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -149,6 +169,10 @@ def evaluate_run(
             "out": str(out),
         }
         handle.write(json.dumps(record) + "\n")
+    if split != "val":  # a validation-split evaluation is a diagnostic: no card entry, and no val_* clash
+        write_model_card(run.path / MODEL_CARD, task, config, _evaluations(run.path))
+        tracked = figures(result["overall"], "external" if split == "all" else split)
+        track_evaluation(run.path, f"eval-{split}", tracked, config, run.config.train.mlflow, task.name)
     log.info(
         "evaluated %d cases (%d patients): %s %s; written to %s",
         result["n_cases"],
@@ -169,6 +193,13 @@ def _predict(run: Run, cases: Sequence[Case], builder, maps_dir: Path | None = N
         batch_size=2 * run.config.train.batch_size,
         maps_dir=maps_dir,
     )
+
+
+def _evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """The latest metrics of each output folder the run was evaluated into, validation splits left out."""
+    records = [json.loads(line) for line in (run_dir / EVAL_LOG).read_text().splitlines() if line.strip()]
+    folders = dict.fromkeys(Path(r["out"]) for r in records if r["split"] != "val")
+    return [json.loads((f / "metrics.json").read_text()) for f in folders if (f / "metrics.json").is_file()]
 
 
 def _count_evaluations(run_dir: Path, split: str) -> int:

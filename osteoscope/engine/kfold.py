@@ -25,6 +25,7 @@ from osteoscope.engine.trainer import train
 from osteoscope.errors import ConfigError
 from osteoscope.heads import interval
 from osteoscope.metrics import aggregate_folds
+from osteoscope.report.html import write_report
 from osteoscope.report.summary import kfold_report
 
 KFOLD_FILE = "kfold.json"
@@ -100,7 +101,7 @@ def cross_validate(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / KFOLD_FILE).write_text(json.dumps(summary, indent=2, default=float))
-    (out / "report.md").write_text(kfold_report(summary, head))
+    write_report(kfold_report(summary, head), out / "report.md", f"{k}-fold cross-validation of {summary['model']}")
     log.info(
         "k-fold: %s pooled %s; fold mean %.4f ± %.4f",
         head.headline,

@@ -3,7 +3,8 @@
 The loop knows nothing about tasks or metrics: each epoch it runs the optimiser over the training batches,
 calls ``validate`` for a dict of named scores, and hands the epoch's record to its handlers in order.
 Handlers do everything else - early stopping on a monitored score, checkpoints, the history file, the log
-line - and keep their own state, which is saved with the loop state so a resumed run continues exactly.
+line, experiment tracking (TensorBoard, MLflow) - and keep their own state, which is saved with the loop state
+so a resumed run continues exactly. After the last epoch each handler's ``run_end`` is called once.
 Writing handlers write only on the main process, so the loop is ready for torchrun (DDP) where every rank
 runs it.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +61,8 @@ class Handler(Protocol):
     name: str
 
     def epoch_end(self, loop: Loop, record: Record) -> None: ...
+
+    def run_end(self, loop: Loop) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -172,11 +176,16 @@ class Loop:
             self.state.history.append(record)
             for handler in self.handlers:
                 handler.epoch_end(self, record)
+        for handler in self.handlers:
+            handler.run_end(self)
         return self.state
 
 
 class StatelessHandler:
-    """Base of handlers with nothing to save for a resume."""
+    """Base of handlers: by default nothing to save for a resume and nothing to do after the last epoch."""
+
+    def run_end(self, loop: Loop) -> None:
+        pass
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -185,7 +194,7 @@ class StatelessHandler:
         pass
 
 
-class EarlyStopping:
+class EarlyStopping(StatelessHandler):
     """Tracks the best value of a monitored key and stops after ``patience`` epochs without improvement.
 
     Marks each record with ``improved``; a NaN value never improves. ``patience`` 0 never stops.
@@ -262,6 +271,13 @@ class History(StatelessHandler):
             self.path.write_text("".join(json.dumps(r) + "\n" for r in loop.state.history))
 
 
+def read_history(path: Path) -> list[Record]:
+    """The epoch records of a ``history.jsonl`` ([] when the file does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class EpochLog(StatelessHandler):
     """One log line per epoch: training loss, the monitored value, the best so far, time."""
 
@@ -283,3 +299,173 @@ class EpochLog(StatelessHandler):
             s.best_epoch,
             record["seconds"],
         )
+
+
+TRACKING_FILE = "tracking.json"  # in the run folder: the MLflow store and run that the run logs to
+
+
+def flat_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (e.g. a config) as ``{"train.lr": 0.001, ...}``; lists and None as text."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_params(value, f"{name}."))
+        else:
+            out[name] = value if isinstance(value, bool | int | float | str) else json.dumps(value)
+    return out
+
+
+def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a record (flags such as ``improved`` and undefined values are left out)."""
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def mlflow_uri(uri: str) -> str:
+    """A tracking URI for MLflow: a plain folder becomes ``file://`` (MLflow's local file store)."""
+    return uri if "://" in uri or uri.startswith(("databricks", "sqlite:")) else Path(uri).resolve().as_uri()
+
+
+class Tracker:
+    """Experiment tracking of one run: TensorBoard event files in ``RUN/tb/`` always, MLflow when a URI is given.
+
+    The MLflow run is created once and its id kept in ``RUN/tracking.json``, so a resumed run and a later
+    evaluation log to the same MLflow run. Both libraries are imported on first use only (they are slow to
+    import). MLflow's local file store is in maintenance mode and refused unless ``MLFLOW_ALLOW_FILE_STORE``
+    is set; a ``file:`` URI sets it, since a folder is the store a user without a server has.
+
+    Args:
+        run_dir: The run folder.
+        uri: MLflow tracking URI or folder; empty for TensorBoard only.
+        experiment: MLflow experiment name (created when missing).
+    """
+
+    def __init__(self, run_dir: Path, uri: str = "", experiment: str = "osteoscope") -> None:
+        self.run_dir, self.experiment = Path(run_dir), experiment
+        self.uri = mlflow_uri(uri) if uri else ""
+        self.state_file = self.run_dir / TRACKING_FILE
+        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        self._writer: Any = None
+        self._client: Any = None
+
+    @property
+    def started(self) -> bool:
+        """Whether this run has logged its params where it logs now (once, at its first epoch; not again on
+        resume unless the MLflow store changed)."""
+        return bool(self.state.get("params_logged")) and (not self.uri or self.state.get("mlflow_uri") == self.uri)
+
+    def writer(self) -> Any:
+        """The TensorBoard writer of ``RUN/tb/``."""
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=str(self.run_dir / "tb"), flush_secs=30)
+        return self._writer
+
+    def mlflow(self) -> tuple[Any, str] | None:
+        """``(client, run_id)`` of the run's MLflow run, created on first use; None without a URI."""
+        if not self.uri:
+            return None
+        if self._client is None:
+            if self.uri.startswith("file:"):
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        if self.state.get("mlflow_uri") != self.uri or not self.state.get("mlflow_run_id"):
+            found = self._client.get_experiment_by_name(self.experiment)
+            experiment_id = found.experiment_id if found else self._client.create_experiment(self.experiment)
+            run = self._client.create_run(
+                experiment_id, run_name=self.run_dir.name, tags={"osteoscope.run": str(self.run_dir.resolve())}
+            )
+            self.state.update(mlflow_uri=self.uri, mlflow_run_id=run.info.run_id)
+            self.save()
+        return self._client, self.state["mlflow_run_id"]
+
+    def save(self) -> None:
+        """Write ``RUN/tracking.json`` (the MLflow store and run, whether the params were logged)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(self.state, indent=2))
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        """Log the run's parameters: as a text table in TensorBoard, as params in MLflow."""
+        flat = flat_params(params)
+        table = "| parameter | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in flat.items())
+        self.writer().add_text("params", table, 0)
+        tracked = self.mlflow()
+        if tracked is not None:
+            from mlflow.entities import Param
+
+            client, run_id = tracked
+            items = [Param(k, str(v)) for k, v in flat.items()]
+            for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                client.log_batch(run_id, params=items[start : start + 100])
+        self.state["params_logged"] = True
+        self.save()
+
+    def metrics(self, values: Mapping[str, Any], step: int) -> None:
+        """Log the finite numbers of ``values`` at ``step`` to TensorBoard and MLflow."""
+        scalars = _scalars(values)
+        writer = self.writer()
+        for key, value in scalars.items():
+            writer.add_scalar(key, value, step)
+        writer.flush()
+        tracked = self.mlflow()
+        if tracked is not None and scalars:
+            from mlflow.entities import Metric
+
+            client, run_id = tracked
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in scalars.items()])
+
+    def hparams(self, params: Mapping[str, Any], results: Mapping[str, Any], name: str) -> None:
+        """TensorBoard's hyper-parameter view: the params against final results (in ``tb/<name>/``)."""
+        self.writer().add_hparams(flat_params(params), _scalars(results), name=name)
+
+    def finish(self) -> None:
+        """Flush TensorBoard and mark the MLflow run finished."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        tracked = self.mlflow()
+        if tracked is not None:
+            client, run_id = tracked
+            client.set_terminated(run_id, "FINISHED")
+
+
+class Tracking(StatelessHandler):
+    """Logs the run's params once and every epoch's numbers (losses, validation scores, lr, time) to
+    TensorBoard (``RUN/tb/``) and, given a URI, MLflow; on rank 0 only. Task-agnostic: it logs what the
+    record holds."""
+
+    name = "tracking"
+
+    def __init__(self, run_dir: Path, params: Mapping[str, Any], mlflow: str = "", experiment: str = "osteoscope"):
+        self.tracker = Tracker(run_dir, mlflow, experiment)
+        self.params = dict(params)
+
+    def epoch_end(self, loop: Loop, record: Record) -> None:
+        if not is_main_process():
+            return
+        if not self.tracker.started:
+            self.tracker.params(self.params)
+        self.tracker.metrics({k: v for k, v in record.items() if k != "epoch"}, record["epoch"])
+
+    def run_end(self, loop: Loop) -> None:
+        if is_main_process():
+            self.tracker.finish()
+
+
+def track_evaluation(
+    run_dir: Path, name: str, figures: Mapping[str, Any], params: Mapping[str, Any], uri: str, experiment: str
+) -> None:
+    """Log an evaluation's figures (e.g. ``test_auc``) to the run's TensorBoard files and its MLflow run, and
+    the params against them to TensorBoard's hyper-parameter view (``tb/<name>/``)."""
+    tracker = Tracker(run_dir, uri, experiment)
+    tracker.metrics(figures, 0)
+    tracker.hparams(params, figures, name)
+    tracker.finish()

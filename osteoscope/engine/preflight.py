@@ -44,6 +44,7 @@ RESUMABLE = (
     "train.threads",
     "train.amp",
     "train.channels_last",
+    "train.mlflow",
     "data.num_workers",
     "data.cache_mb",
 )

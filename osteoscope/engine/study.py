@@ -26,7 +26,8 @@ Equal footing, checked rather than assumed:
   (recorded in the report with every grid point's score), and only that run is evaluated on the test
   patients, once.
 
-The report gives each model's test metrics with 95% patient-level intervals, paired tests against the
+The report (``report.md`` and the self-contained ``report.html``) gives each model's test metrics with 95%
+patient-level intervals, their plots on the same test cases and training curves, paired tests against the
 reference model (DeLong for a binary AUC, a paired bootstrap of macro AUROC or mAP otherwise, McNemar at the
 chosen decision rules), and the compute cost of each model. Everything resumes run by run.
 """
@@ -44,13 +45,16 @@ from typing import Any
 import numpy as np
 
 from osteoscope.config import ExperimentConfig, config_from_dict, read_yaml
+from osteoscope.data.manifest import manifest_path
 from osteoscope.data.splits import load_splits, save_splits, split_patients
 from osteoscope.engine.checkpoint import load_checkpoint
 from osteoscope.engine.cost import measure_in_subprocess
 from osteoscope.engine.evaluate import evaluate_run, load_predictions
+from osteoscope.engine.loop import read_history
 from osteoscope.engine.preflight import build_checked_model
 from osteoscope.engine.runs import (
     BEST_CHECKPOINT,
+    HISTORY_FILE,
     LAST_CHECKPOINT,
     SPLITS_FILE,
     load_task_manifest,
@@ -61,7 +65,16 @@ from osteoscope.engine.runs import (
 from osteoscope.engine.trainer import train
 from osteoscope.errors import ConfigError, OsteoscopeError
 from osteoscope.heads import Head, markdown_table
-from osteoscope.report.summary import comparison_table, cost_table, tests_table
+from osteoscope.report.html import write_report
+from osteoscope.report.summary import (
+    comparison_table,
+    cost_table,
+    provenance,
+    provenance_lines,
+    provenance_section,
+    tests_table,
+    training_section,
+)
 
 STUDY_KEYS = ("task", "data", "train", "loss", "model", "tuning", "reference", "models", "n_boot", "title")
 RESULT_FILE = "study.json"
@@ -250,10 +263,24 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
         "costs": costs,
         "n_cases": results[study.reference]["n_cases"],
         "n_patients": results[study.reference]["n_patients"],
+        "provenance": provenance(manifest_path(run_config(study, study.reference, study.grid()[0]).data.path)),
+        "plots": study_plots(chosen, results, head, out),
     }
     (out / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=float))
-    (out / "report.md").write_text(study_report(summary, head, results))
+    histories = {name: read_history(run_dir / HISTORY_FILE) for name, run_dir in chosen.items()}
+    write_report(study_report(summary, head, results, histories, out), out / "report.md", summary["title"])
     return summary
+
+
+def study_plots(chosen: Mapping[str, Path], results: Mapping[str, Mapping], head: Head, out: Path) -> dict[str, str]:
+    """The head's plots of every chosen model on the shared test cases (e.g. all ROC curves in one figure)."""
+    curves, groups = {}, None
+    for name, run_dir in chosen.items():
+        pred = load_predictions(run_dir / "eval-test")
+        known = head.known(pred["targets"])
+        curves[name] = (pred["targets"][known], pred["values"][known])
+        groups = pred["patient_id"][known]
+    return head.plots(curves, {name: r["overall"] for name, r in results.items()}, out, groups=groups)
 
 
 def compare_runs(
@@ -291,8 +318,14 @@ def compare_runs(
     return comparisons
 
 
-def study_report(summary: Mapping[str, Any], head: Head, results: Mapping[str, Mapping]) -> str:
-    """The Markdown report of a study."""
+def study_report(
+    summary: Mapping[str, Any],
+    head: Head,
+    results: Mapping[str, Mapping],
+    histories: Mapping[str, list[dict[str, Any]]],
+    out: Path,
+) -> str:
+    """The Markdown report of a study (plots linked from ``out``, training curves drawn there)."""
     tuning_rows = [
         [name, point, f"{info['value']:.4f}", info["epoch"], "chosen" if point == t["chosen"] else ""]
         for name, t in summary["tuning"]["per_model"].items()
@@ -300,14 +333,19 @@ def study_report(summary: Mapping[str, Any], head: Head, results: Mapping[str, M
     ]
     monitor = next(iter(next(iter(summary["tuning"]["per_model"].values()))["points"].values()))["monitor"]
     subsets = sorted({s for r in results.values() for s in r["subsets"]})
+    plots = "\n\n".join(f"![{name}]({Path(path).name})" for name, path in summary["plots"].items())
     parts = [
         f"# {summary['title']}",
+        provenance_lines(summary["provenance"]),
         f"Task {summary['task']}; {summary['n_cases']} test cases of {summary['n_patients']} patients, one "
         f"patient split for every run; reference model **{summary['reference']}**. Intervals: 95% percentile "
         "bootstrap over patients.",
         "## Test metrics (each model's validation-chosen run, evaluated once)",
         comparison_table(head, results),
         *[part for s in subsets for part in (f"### {s}", comparison_table(head, results, s))],
+        "## Plots (all test cases)",
+        plots,
+        training_section(histories, head, out, "training"),
         "## Paired tests against the reference",
         tests_table(summary["comparisons"]) if summary["comparisons"] else "(only one model)",
         "## Tuning: the same grid for every model, chosen on validation",
@@ -319,5 +357,6 @@ def study_report(summary: Mapping[str, Any], head: Head, results: Mapping[str, M
         "multiply-add = 2 FLOPs); training seconds per epoch from the run's history; inference ms per case and "
         "peak resident memory measured in a fresh process: the process's peak (with the cost of importing torch) "
         "and what one training step at the run's batch size adds above the memory before it.",
+        provenance_section(summary["provenance"]),
     ]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(p for p in parts if p) + "\n"

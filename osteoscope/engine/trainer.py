@@ -24,7 +24,7 @@ from osteoscope.data.datasets import CaseDataset
 from osteoscope.data.splits import check_patient_leakage, load_splits, save_splits, split_patients
 from osteoscope.engine.checkpoint import load_checkpoint
 from osteoscope.engine.inference import forward, infer, to_device
-from osteoscope.engine.loop import Checkpoints, EarlyStopping, EpochLog, History, Loop, lr_factor
+from osteoscope.engine.loop import Checkpoints, EarlyStopping, EpochLog, History, Loop, Tracking, lr_factor
 from osteoscope.engine.preflight import (
     build_checked_model,
     check_splits,
@@ -234,6 +234,7 @@ def train(
         Checkpoints(run_dir / BEST_CHECKPOINT, run_dir / LAST_CHECKPOINT, monitor, extra),
         History(run_dir / HISTORY_FILE),
         EpochLog(log.info, tc.epochs, stopping),
+        Tracking(run_dir, config_to_dict(config), tc.mlflow, experiment=config.task),
     ]
     with progress_bar() as bar:
         jobs: dict[int, object] = {}

@@ -8,10 +8,20 @@ generator (``Task.phantom``), so the tasks are the one list of what can be gener
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
 from osteoscope.errors import ConfigError
+
+MARKER = "phantom.json"  # written beside the manifest: the dataset is synthetic (model cards say so)
+
+
+def is_phantom(dataset: str | Path) -> bool:
+    """Whether a dataset folder (or manifest, or a sub-folder such as ``pretext/``) was made by a phantom."""
+    path = Path(dataset).resolve()
+    folder = path.parent if path.suffix == ".csv" else path
+    return any((f / MARKER).is_file() for f in (folder, folder.parent))
 
 
 def generate_phantom(task: str, out_dir: str | Path, n: int, seed: int = 0, **options: Any) -> Path:
@@ -28,4 +38,7 @@ def generate_phantom(task: str, out_dir: str | Path, n: int, seed: int = 0, **op
     if unknown:
         takes = ", ".join(sorted(accepted))
         raise ConfigError(f"phantom {task!r} does not take option(s) {', '.join(unknown)}; it takes {takes}")
-    return generator(out_dir, n, seed=seed, **options)
+    manifest = generator(out_dir, n, seed=seed, **options)
+    record = {"task": task, "n": n, "seed": seed, **{k: v for k, v in options.items() if k != "progress"}}
+    (Path(out_dir) / MARKER).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return manifest

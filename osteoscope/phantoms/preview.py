@@ -2,36 +2,39 @@
 
 Works for any manifest: the first image column is shown (the middle axial slice of a volume), each mask
 column is outlined in its own colour, and boxes are drawn; masks and boxes named for another view
-(``mask_lat`` when ``image_ap`` is shown) are left out. Cases are grouped by stage (or by their label values)
-so every group appears.
+(``mask_lat`` when ``image_ap`` is shown) are left out. Cases are grouped by their label in words (the task's
+class or label names, e.g. ``ONFH`` / ``no ONFH``) and stage, so every group appears.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from osteoscope.data.manifest import Case, load_manifest
 from osteoscope.data.readers import read_image
+from osteoscope.tasks import Task, make_task
 
 MASK_COLOURS = ("red", "cyan", "yellow", "lime", "magenta")
 
 
-def _group(case: Case) -> str:
-    if case.stage is not None:
-        return f"stage {case.stage}"
-    if len(case.labels) == 1:
-        return f"label={next(iter(case.labels.values()))}"
-    return " ".join(f"{k.removeprefix('label_')}={v}" for k, v in case.labels.items() if v) or "no label set"
+def group_of(case: Case, task: Task) -> str:
+    """A case's label in the task's words (its head's class or label names) and its stage, if any."""
+    named = task.head.describe(task.target(case).numpy())
+    stage = f"stage {case.stage}" if case.stage is not None else ""
+    return ", ".join(part for part in (named, stage) if part) or "no label"
 
 
-def pick_cases(cases: list[Case], count: int) -> list[Case]:
-    """Up to ``count`` cases, taken round-robin from each label/stage group in sorted order."""
+def pick_cases(
+    cases: list[Case], count: int, group: Callable[[Case], str] = lambda case: str(case.stage)
+) -> list[Case]:
+    """Up to ``count`` cases, taken round-robin from each group (by default the stage) in sorted order."""
     groups: dict[str, list[Case]] = defaultdict(list)
     for case in cases:
-        groups[_group(case)].append(case)
+        groups[group(case)].append(case)
     queues = [groups[k] for k in sorted(groups)]
     chosen: list[Case] = []
     while len(chosen) < count and any(queues):
@@ -56,8 +59,8 @@ def _focus_slice(case: Case, volume: np.ndarray) -> int:
     return (box[2] + box[5]) // 2 if box else volume.shape[0] // 2
 
 
-def contact_sheet(dataset: str | Path, out: str | Path, *, count: int = 12, columns: int = 4) -> Path:
-    """Draw ``count`` cases of a dataset on one PNG, titled by case, label/stage and side.
+def contact_sheet(dataset: str | Path, out: str | Path, task: str, *, count: int = 12, columns: int = 4) -> Path:
+    """Draw ``count`` cases of a dataset of ``task`` on one PNG, titled by case, label name, stage and side.
 
     For volumes the axial slice where the lesion mask is largest is shown (else the centre of the 3-D box).
     """
@@ -65,7 +68,8 @@ def contact_sheet(dataset: str | Path, out: str | Path, *, count: int = 12, colu
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    cases = pick_cases(load_manifest(dataset).cases, count)
+    kind = make_task(task)
+    cases = pick_cases(load_manifest(dataset).cases, count, lambda case: group_of(case, kind))
     colours = dict(zip(sorted({c for case in cases for c in case.masks}), MASK_COLOURS, strict=False))
     rows = max(1, -(-len(cases) // columns))
     figure = Figure(figsize=(3.2 * columns, 3.2 * rows))
@@ -88,8 +92,8 @@ def contact_sheet(dataset: str | Path, out: str | Path, *, count: int = 12, colu
             if box is not None and box_column.removeprefix("box_") not in other_views:
                 x0, y0, x1, y1 = (box[0], box[1], box[3], box[4]) if len(box) == 6 else box
                 axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="orange", linewidth=0.7))
-        side = f" {case.side}" if case.side else ""
-        axis.set_title(f"{case.case_id}: {_group(case)}{side}", fontsize=7)
+        side = f", side {case.side}" if case.side else ""
+        axis.set_title(f"{case.case_id}: {group_of(case, kind)}{side}", fontsize=7)
         axis.set_axis_off()
     legend = ", ".join(f"{c}={colour}" for c, colour in colours.items()) or "none"
     figure.suptitle(f"{Path(dataset).name}: {len(cases)} cases; outlines {legend}; boxes orange", fontsize=9)

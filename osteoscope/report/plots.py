@@ -7,8 +7,9 @@ because importing it is slow and most commands never plot.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -23,11 +24,14 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "plot_case_examples",
     "plot_confusion_matrix",
     "plot_precision_recall",
     "plot_reliability",
     "plot_roc",
     "plot_roc_multiclass",
+    "plot_training_curves",
+    "roc_figure",
 ]
 
 
@@ -61,23 +65,26 @@ def _finish_unit_square(ax: Axes, xlabel: str, ylabel: str, title: str, legend_l
     ax.legend(loc=legend_loc, fontsize="small")
 
 
-def plot_roc(
+def plot_roc(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: str | Path, **options: Any) -> Path:
+    """Write :func:`roc_figure` (same arguments after ``path``) as PNG to ``path`` and return the path."""
+    return _save(roc_figure(curves, **options), path)
+
+
+def roc_figure(
     curves: dict[str, tuple[ArrayLike, ArrayLike]],
-    path: str | Path,
     *,
     operating_points: dict[str, tuple[float, float]] | None = None,
+    bands: dict[str, Mapping[str, Any]] | None = None,
     title: str = "ROC",
-) -> Path:
-    """Plot one or more ROC curves with their AUC in the legend.
+) -> Figure:
+    """One or more ROC curves with their AUC and number of cases (positives) in the legend.
 
     Args:
         curves: Name -> ``(y_true, y_score)``; each needs both classes.
-        path: Output PNG file.
         operating_points: Name -> ``(fpr, tpr)`` drawn as markers, e.g. a chosen threshold or a human reader.
+        bands: Name (of a curve) -> a bootstrap band (``fpr``, ``low``, ``high``, ``n_boot``, as from
+            :func:`osteoscope.metrics.bootstrap_roc_band`), shaded around that curve.
         title: Figure title.
-
-    Returns:
-        The written path.
 
     Raises:
         ValueError: when ``curves`` is empty, an input is malformed or lacks a class, or an operating point
@@ -91,7 +98,8 @@ def plot_roc(
             fpr, tpr, _ = roc_points(y_true, y_score)
         except ValueError as exc:
             raise ValueError(f"curve {name!r}: {exc}") from exc
-        computed.append((name, fpr, tpr, roc_auc(y_true, y_score)))
+        y = np.asarray(y_true)
+        computed.append((name, fpr, tpr, roc_auc(y_true, y_score), len(y), int((y == 1).sum())))
     points = dict(operating_points or {})
     for name, point in points.items():
         coords = np.asarray(point, dtype=np.float64)
@@ -101,8 +109,19 @@ def plot_roc(
     fig = _new_figure((5.0, 5.0))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
-    for name, fpr, tpr, auc in computed:
-        ax.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUC = {auc:.3f})")
+    for name, fpr, tpr, auc, n, n_pos in computed:
+        (line,) = ax.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUC = {auc:.3f}; n = {n}, {n_pos} positive)")
+        band = (bands or {}).get(name)
+        if band is not None:
+            ax.fill_between(
+                band["fpr"],
+                band["low"],
+                band["high"],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+                label=f"95% band ({band['n_boot']} patient resamples)",
+            )
     markers = "osD^vP*X"
     for k, (name, (x, y)) in enumerate(points.items()):
         ax.plot(
@@ -117,7 +136,7 @@ def plot_roc(
     _finish_unit_square(
         ax, "1 - specificity (false positive rate)", "Sensitivity (true positive rate)", title, "lower right"
     )
-    return _save(fig, path)
+    return fig
 
 
 def plot_roc_multiclass(
@@ -294,4 +313,79 @@ def plot_reliability(
     bottom.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="0.5", edgecolor="white")
     bottom.set_xlabel("Mean predicted probability")
     bottom.set_ylabel("Cases")
+    return _save(fig, path)
+
+
+def plot_training_curves(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]], monitor: str, path: str | Path, *, mode: str = "max"
+) -> Path:
+    """Training curves of one or more runs from their ``history.jsonl`` records.
+
+    The upper panel shows the training loss (solid) and validation loss (dashed) per epoch, the lower one the
+    monitored validation value with the best epoch marked (best by ``mode``). Epochs where a value is missing
+    or not finite leave a gap.
+
+    Raises:
+        ValueError: when no history has a record.
+    """
+    if not any(histories.values()):
+        raise ValueError("plot_training_curves needs at least one epoch record")
+
+    def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+        epochs = np.array([r["epoch"] for r in records], dtype=np.float64)
+        values = np.array([r.get(key) if isinstance(r.get(key), int | float) else np.nan for r in records], float)
+        return epochs, values
+
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure((6.0, 6.0))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for name, records in histories.items():
+        epochs, train_loss = series(records, "train_total")
+        (line,) = top.plot(epochs, train_loss, marker=".", linewidth=1.5, label=f"{name}: training loss")
+        _, val_loss = series(records, "val_loss")
+        top.plot(epochs, val_loss, marker=".", linestyle="--", color=line.get_color(), label=f"{name}: validation loss")
+        _, score = series(records, monitor)
+        bottom.plot(epochs, score, marker=".", color=line.get_color(), label=name)
+        if np.isfinite(score).any():
+            best = int(np.nanargmax(score) if mode == "max" else np.nanargmin(score))
+            bottom.plot([epochs[best]], [score[best]], marker="*", markersize=12, color=line.get_color())
+    top.set_ylabel("Loss")
+    top.set_title("Training curves (star: best epoch, the weights kept)")
+    top.grid(alpha=0.3)
+    top.legend(fontsize="small")
+    bottom.set_xlabel("Epoch")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_ylabel(monitor)
+    bottom.grid(alpha=0.3)
+    if len(histories) > 1:
+        bottom.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_case_examples(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], path: str | Path) -> Path:
+    """Example cases, one row each: a title and the 2-D crops the model saw (channels, ROIs, mid slices).
+
+    Args:
+        rows: ``(title, [(tile name, 2-D array), ...])`` per case.
+        path: Output PNG file.
+
+    Raises:
+        ValueError: when there is no row or a row has no tile.
+    """
+    if not rows or not all(tiles for _, tiles in rows):
+        raise ValueError("plot_case_examples needs at least one case, each with at least one image")
+    columns = max(len(tiles) for _, tiles in rows)
+    fig = _new_figure((max(6.0, 2.0 * columns), 2.4 * len(rows)))
+    for (title, tiles), panel in zip(rows, fig.subfigures(len(rows), 1, squeeze=False)[:, 0], strict=True):
+        panel.suptitle(title, fontsize="small", x=0.01, ha="left")
+        for k, ax in enumerate(panel.subplots(1, columns, squeeze=False)[0]):
+            ax.set_axis_off()
+            if k >= len(tiles):
+                continue
+            name, tile = tiles[k]
+            finite = tile[np.isfinite(tile)]
+            low, high = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+            ax.imshow(tile, cmap="gray", vmin=low, vmax=high if high > low else low + 1)
+            ax.set_title(name, fontsize="x-small")
     return _save(fig, path)

@@ -1,16 +1,180 @@
-"""Markdown reports: one evaluation, a k-fold cross-validation, and the tables of a study comparing models.
+"""Reports: one evaluation, a k-fold cross-validation, and the tables of a study comparing models.
 
-The tables come from the task's head (:meth:`osteoscope.heads.Head.table`), so one report writer serves
-binary, multi-class, multi-label and pretext results alike.
+Each report is Markdown (``report.md``) and the same text rendered to a self-contained ``report.html``
+(:mod:`osteoscope.report.html`). The tables, plots, example cases and calibration measure come from the
+task's head (:class:`osteoscope.heads.Head`), so one report writer serves binary, multi-class, multi-label
+and pretext results alike. Every report states when it was written, by which osteoscope version, and the
+hash of the data manifest it describes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from osteoscope import __version__
 from osteoscope.heads import Head, interval, make_head, markdown_table
+from osteoscope.report.html import write_report
+
+if TYPE_CHECKING:
+    from osteoscope.data.manifest import Case
+    from osteoscope.tasks import Task
+
+PACKAGES = ("torch", "torchvision", "timm", "monai", "numpy", "scipy", "scikit-learn", "pydicom", "nibabel")
+ECE_BINS = 10
+EXAMPLES_PER_KIND = 2
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (the data manifest: which rows and labels a result is about)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def provenance(manifest: str | Path | None = None) -> dict[str, Any]:
+    """When and with what a result was made: UTC time, osteoscope, Python and package versions, and the
+    manifest's path and SHA-256."""
+    versions = {"osteoscope": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": versions}
+    if manifest is not None:
+        out["manifest"] = {"path": str(Path(manifest).resolve()), "sha256": file_hash(manifest)}
+    return out
+
+
+def provenance_lines(info: Mapping[str, Any]) -> str:
+    """The one-line statement of date and version that heads every report."""
+    return f"Written {info['date']} by osteoscope {info['versions']['osteoscope']}."
+
+
+def provenance_section(info: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
+    """Markdown: package versions, the manifest hash and the run's config."""
+    parts = ["## Provenance", provenance_lines(info)]
+    if "manifest" in info:
+        parts.append(f"Data manifest `{info['manifest']['path']}`, SHA-256 `{info['manifest']['sha256']}`.")
+    parts.append(markdown_table(["package", "version"], sorted(info["versions"].items())))
+    if config is not None:
+        parts.append("Configuration of the run:\n\n```json\n" + json.dumps(config, indent=2) + "\n```")
+    return "\n\n".join(parts)
+
+
+def data_summary(task: Task, cases: Sequence[Case], splits: Mapping[str, str], split: str) -> dict[str, Any]:
+    """Cases, patients and label balance per part of the data: the run's train/val/test split, or the one
+    external dataset (``split`` ``all``)."""
+    if split == "all":
+        parts = {"external (all)": list(cases)}
+    else:
+        parts = {name: [c for c in cases if splits.get(c.case_id) == name] for name in ("train", "val", "test")}
+    summary = {}
+    for name, members in parts.items():
+        targets = np.stack([task.target(c).numpy() for c in members]) if members else np.zeros((0,))
+        summary[name] = {
+            "cases": len(members),
+            "patients": len({c.patient_id for c in members}),
+            "balance": task.head.balance(targets) if members else {},
+        }
+    return summary
+
+
+def data_section(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: the data summary as one table, a row per part (under a heading the caller gives)."""
+    names = list(dict.fromkeys(name for part in summary.values() for name in part["balance"]))
+    rows = [
+        [part, info["cases"], info["patients"], *(info["balance"].get(n, 0) for n in names)]
+        for part, info in summary.items()
+    ]
+    table = markdown_table(["split", "cases", "patients", *names], rows)
+    return f"Label balance: the cases of each class (multi-label: the positive cases of each label).\n\n{table}"
+
+
+def calibration_summary(head: Head, targets: np.ndarray, values: np.ndarray) -> dict[str, Any] | None:
+    """The expected calibration error of the head's probabilities (None without probabilities)."""
+    from osteoscope.metrics import expected_calibration_error
+
+    pairs = head.calibration(targets, values)
+    if pairs is None:
+        return None
+    outcome, probability, what = pairs
+    ece = expected_calibration_error(outcome, probability, n_bins=ECE_BINS)
+    return {"ece": ece, "n_bins": ECE_BINS, "of": what, "n": len(outcome)}
+
+
+def evaluation_context(
+    task: Task,
+    manifest: Path,
+    cases: Sequence[Case],
+    splits: Mapping[str, str],
+    split: str,
+    targets: np.ndarray,
+    values: np.ndarray,
+) -> dict[str, Any]:
+    """What an evaluation states beyond its metrics: provenance, the data summary, calibration."""
+    return {
+        "provenance": provenance(manifest),
+        "data_summary": data_summary(task, cases, splits, split),
+        "calibration": calibration_summary(task.head, targets, values),
+    }
+
+
+def sample_tiles(sample: Mapping[str, Any], limit: int = 5) -> list[tuple[str, np.ndarray]]:
+    """The 2-D images of a model input sample: every channel of every image-like tensor (the middle slice
+    of a volume), up to ``limit``, named like ``image[1]``."""
+    tiles = []
+    for key, value in sample.items():
+        array = np.asarray(value, dtype=np.float32) if getattr(value, "ndim", 0) >= 3 else None
+        if array is None:
+            continue
+        for c in range(array.shape[0]):
+            tile = array[c] if array.ndim == 3 else array[c, array.shape[1] // 2]
+            if tile.ndim == 2:
+                tiles.append((key if array.shape[0] == 1 else f"{key}[{c}]", tile))
+    return tiles[:limit]
+
+
+def example_cases(
+    head: Head,
+    cases: Sequence[Case],
+    targets: np.ndarray,
+    values: np.ndarray,
+    operating: Mapping[str, Any],
+    build: Callable[[Case], Mapping[str, Any]],
+    out: Path,
+) -> str:
+    """Markdown: the head's example cases (e.g. true and false positives and negatives) in a table, with the
+    crops each was given to the model in ``examples.png``."""
+    from osteoscope.report.plots import plot_case_examples
+
+    picks = head.examples(targets, values, operating, EXAMPLES_PER_KIND)
+    rows, figure_rows = [], []
+    for kind, indices in picks.items():
+        for i in indices:
+            case = cases[i]
+            truth, predicted = head.describe(targets[i]), head.describe_value(values[i], operating)
+            rows.append([kind, case.case_id, case.patient_id, truth, predicted])
+            tiles = sample_tiles(build(case))
+            if tiles:
+                figure_rows.append((f"{kind}: {case.case_id} (true {truth or '-'}; predicted {predicted})", tiles))
+    if not rows:
+        return ""
+    parts = [
+        "## Example cases",
+        "The most confident cases of each kind at the decision rule, with the crops the model was given.",
+        markdown_table(["kind", "case", "patient", "true", "predicted"], rows),
+    ]
+    if figure_rows:
+        parts.append(f"![example cases]({plot_case_examples(figure_rows, out / 'examples.png').name})")
+    return "\n\n".join(parts)
 
 
 def _images(plots: Mapping[str, str], base: Path) -> str:
@@ -23,25 +187,63 @@ def _images(plots: Mapping[str, str], base: Path) -> str:
     return "\n\n".join(lines)
 
 
-def write_evaluation_report(result: Mapping[str, Any], head: Head, path: str | Path) -> Path:
-    """Write the Markdown report of one evaluation (metrics.json in words, with its plots)."""
+def training_section(histories: Mapping[str, Sequence[Mapping[str, Any]]], head: Head, out: Path, name: str) -> str:
+    """Markdown: the training curves (training and validation loss, the monitored value per epoch)."""
+    from osteoscope.report.plots import plot_training_curves
+
+    if not any(histories.values()):
+        return ""
+    monitor = f"val_{head.monitor}"
+    path = plot_training_curves(histories, monitor, out / f"{name}.png", mode=head.mode)
+    caption = f"Loss per epoch and the validation {head.monitor} that chose the weights."
+    return f"## Training\n\n{caption}\n\n![training]({path.name})"
+
+
+def decision_rule(operating: Mapping[str, Any]) -> str:
+    """The decision rule in words, with its threshold where it has one."""
+    threshold = operating.get("threshold")
+    return operating["source"] + (f", threshold {threshold:.4f}" if isinstance(threshold, float) else "")
+
+
+def write_evaluation_report(
+    result: Mapping[str, Any],
+    head: Head,
+    path: str | Path,
+    *,
+    history: Sequence[Mapping[str, Any]] = (),
+    config: Mapping[str, Any] | None = None,
+    examples: str = "",
+) -> Path:
+    """Write ``report.md`` and the self-contained ``report.html`` of one evaluation: data summary, training
+    curves, metrics with intervals and n, plots, calibration, example cases (Markdown from
+    :func:`example_cases`), provenance; returns the HTML path."""
     path = Path(path)
     rows = [("all", result["overall"]), *result["subsets"].items()]
-    operating = result["operating_point"]
-    rule = f"- decision rule: {operating['source']}" + (
-        f", threshold {operating['threshold']:.4f}" if "threshold" in operating else ""
-    )
+    title = f"Evaluation of {result['model']} ({result['task']})"
+    info = result.get("provenance")
     parts = [
-        f"# Evaluation of {result['model']} ({result['task']})",
+        f"# {title}",
+        provenance_lines(info) if info else "",
         f"- run: `{result['run']}`\n- data: `{result['data']}`, split **{result['split']}**: "
-        f"{result['n_cases']} cases from {result['n_patients']} patients\n{rule}\n- intervals: {result['interval']}",
+        f"{result['n_cases']} cases from {result['n_patients']} patients\n"
+        f"- decision rule: {decision_rule(result['operating_point'])}\n- intervals: {result['interval']}",
+        f"## Data\n\n{data_section(result['data_summary'])}" if result.get("data_summary") else "",
+        training_section({result["model"]: history}, head, path.parent, "training"),
+        "## Metrics",
         head.table(rows),
     ]
     for name, extra in result["extra"].items():
         parts += [f"## {name}", make_head(extra["head"], extra["names"]).table([(name, extra)])]
-    parts.append(_images(result.get("plots", {}), path.parent))
-    path.write_text("\n\n".join(p for p in parts if p) + "\n")
-    return path
+    calibration = result.get("calibration")
+    if calibration:
+        parts.append(
+            f"Calibration: ECE {calibration['ece']:.3f} ({calibration['n_bins']} equal-width bins of the "
+            f"{calibration['of']}, n = {calibration['n']})."
+        )
+    parts += ["## Plots", _images(result.get("plots", {}), path.parent), examples]
+    if info:
+        parts.append(provenance_section(info, config))
+    return write_report("\n\n".join(p for p in parts if p) + "\n", path, title)[1]
 
 
 def comparison_table(head: Head, results: Mapping[str, Mapping[str, Any]], subset: str | None = None) -> str:
@@ -115,6 +317,7 @@ def kfold_report(summary: Mapping[str, Any], head: Head) -> str:
     )
     return (
         f"# {summary['k']}-fold cross-validation of {summary['model']} ({summary['task']})\n\n"
+        f"{provenance_lines(provenance())}\n\n"
         f"{summary['n_cases']} cases of {summary['n_patients']} patients, each scored once out of fold.\n\n"
         f"## Per fold\n\n{per_fold}\n\n## Over folds\n\n{over}\n\n"
         f"## Pooled out-of-fold predictions\n\n{head.table([('pooled', summary['pooled'])])}\n"
