@@ -9,9 +9,11 @@ augmentation depend only on seed, epoch and sample index).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -19,9 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from osteoscope.config import ExperimentConfig, config_to_dict, load_config, save_config
 from osteoscope.data.datasets import CaseDataset
 from osteoscope.data.splits import check_patient_leakage, load_splits, save_splits, split_patients
-from osteoscope.engine.checkpoint import load_checkpoint
+from osteoscope.engine.checkpoint import load_checkpoint, save_atomic
 from osteoscope.engine.inference import forward, infer, to_device
-from osteoscope.engine.loop import Checkpoints, EarlyStopping, EpochLog, History, Loop, lr_factor
+from osteoscope.engine.loop import Checkpoints, EarlyStopping, EpochLog, History, Loop, is_main_process, lr_factor
 from osteoscope.engine.runs import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -31,12 +33,15 @@ from osteoscope.engine.runs import (
     SPLITS_FILE,
     build_run_model,
     check_cases,
+    data_location,
     load_task_manifest,
+    locate_data,
     log,
     make_cache,
     make_loader,
     model_name,
     report_skipped,
+    run_record,
     select_device,
     setup_logging,
     task_of,
@@ -92,6 +97,8 @@ def train(
         raise ConfigError(f"train.schedule must be cosine or constant, got {tc.schedule!r}")
     if not config.data.path:
         raise ConfigError("no dataset given: set data.path (or --data)")
+    data = _data_of(config, run_dir, resume)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data["path"]))
     name = model_name(config, task)
     torch.manual_seed(tc.seed)
     model = build_run_model(config, task)  # before any file is written, so config errors leave nothing behind
@@ -177,7 +184,7 @@ def train(
         )
 
     stopping = EarlyStopping(monitor, head.mode, tc.patience)
-    extra = {"config": config_to_dict(config)}
+    extra = {"config": config_to_dict(config), **run_record(task, data, parts["train"])}
     # checkpoints before the history file, so the history never lists an epoch that a kill could lose
     handlers = [
         stopping,
@@ -224,6 +231,13 @@ def train(
         log.info("early stop: no better %s for %d epochs", monitor, tc.patience)
     if not (run_dir / BEST_CHECKPOINT).exists():
         raise OsteoscopeError(f"no epoch produced a finite {monitor} (does the val split hold every class?)")
+    if is_main_process():
+        _store_operating_point(
+            run_dir / BEST_CHECKPOINT,
+            model,
+            lambda: infer(model, val_set, task, model_name=name, batch_size=tc.batch_size * 2, device=device),
+            task,
+        )
     log.info(
         "done: best %s %.4f at epoch %d; weights in %s",
         monitor,
@@ -232,6 +246,31 @@ def train(
         run_dir / BEST_CHECKPOINT,
     )
     return run_dir
+
+
+def _data_of(config: ExperimentConfig, run_dir: Path, resume: bool) -> dict[str, str]:
+    """The dataset's location (absolute path, path relative to the run folder, manifest hash), resolved
+    now. A resumed run finds its data as an evaluation does (see :func:`osteoscope.engine.runs.locate_data`)."""
+    path = config.data.path
+    if resume:
+        best = run_dir / BEST_CHECKPOINT
+        record = load_checkpoint(best) if best.is_file() else {}
+        path = str(locate_data(run_dir, path, record) or path)
+    return data_location(path, run_dir)
+
+
+def _store_operating_point(best: Path, model: torch.nn.Module, validate, task) -> dict[str, Any]:
+    """Choose the head's decision rule on validation with the best weights and store it in ``best.pt``.
+
+    ``validate`` runs the model (loaded here with the best weights) over the validation cases.
+    """
+    state = load_checkpoint(best)
+    model.load_state_dict(state["model"])
+    result = validate()
+    state["operating_point"] = task.head.operating_point(result.targets, result.values)
+    save_atomic(state, best)
+    log.info("operating point: %s", ", ".join(f"{k} {v}" for k, v in state["operating_point"].items()))
+    return state["operating_point"]
 
 
 def _assign_splits(
