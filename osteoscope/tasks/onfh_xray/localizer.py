@@ -652,6 +652,7 @@ def train_localizer_on_manifest(
     seed: int = 0,
     case_ids: set[str] | None = None,
     held_out_fraction: float = 0.1,
+    working_size: tuple[int, int] = (128, 160),
 ) -> Path:
     """Fit a :class:`HeadLocalizer` on the ``box_left``/``box_right`` of a dataset and save it atomically.
 
@@ -666,6 +667,7 @@ def train_localizer_on_manifest(
         seed: Random seed (weights, augmentation, which patients are held out).
         case_ids: Restrict training to these cases (e.g. a run's training split).
         held_out_fraction: Share of the patients held out (none with fewer than five patients).
+        working_size: (height, width) of the network input; multiples of 16.
     """
     from rich.progress import Progress
 
@@ -693,14 +695,20 @@ def train_localizer_on_manifest(
 
     with Progress(transient=True) as bar:
         job = bar.add_task("training head localiser", total=epochs)
-        model = fit_localizer(_boxed_images(train_cases), epochs=epochs, seed=seed, held_out=held_out, progress=report)
+        model = fit_localizer(
+            _boxed_images(train_cases),
+            working_size=working_size,
+            epochs=epochs,
+            seed=seed,
+            held_out=held_out,
+            progress=report,
+        )
     save_localizer(model, out)
-    patients = len({c.patient_id for c in held_cases})
     log.info(
-        "head localiser trained on %d cases (%d held out, of %d patients), saved to %s",
+        "head localiser trained on %d cases, %d cases of %d patients held out; saved to %s",
         len(train_cases),
         len(held_cases),
-        patients,
+        len({c.patient_id for c in held_cases}),
         out,
     )
     return Path(out)
