@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,9 @@ def test_checkpoint_carries_what_predict_needs(workdir: Path) -> None:
 
 def test_external_evaluation_uses_the_stored_threshold(workdir: Path, tmp_path: Path) -> None:
     generate_phantom("onfh-xray", tmp_path / "external", n=24, seed=9, subtlety=0.0, image_size=(160, 208))
+    manifest = tmp_path / "external" / "manifest.csv"
+    renamed = re.sub(r"^(p\d+_s\d+),(p\d+),", r"ext-\1,ext-\2,", manifest.read_text(), flags=re.M)
+    manifest.write_text(renamed)  # other patients, so other case and patient ids
     stored = load_checkpoint(workdir / "runs/ast" / BEST_CHECKPOINT)["operating_point"]
     metrics = evaluate_run(workdir / "runs/ast", tmp_path / "external", split="all", n_boot=20, out_dir=tmp_path / "x")
     assert metrics["operating_point"] == stored and metrics["overall"]["threshold"] == stored["threshold"]

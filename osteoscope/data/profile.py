@@ -28,7 +28,7 @@ from osteoscope.errors import DataError
 PROFILE_VERSION = 1
 QUANTILES = (10, 25, 50, 75, 90)
 SAMPLE_PIXELS = 65_536  # features are computed on a strided sample of about this many pixels
-MAX_CASES = 400  # at most this many training cases are read (evenly spaced), to bound the cost
+MAX_CASES = 200  # at most this many training cases are read (evenly spaced), to bound the cost
 SIZE_FACTOR = 2.0  # a size may be this factor outside the training range
 ASPECT_FACTOR = 1.25  # the aspect ratio this factor
 QUANTILE_MARGIN = 0.12  # a scaled percentile this much (of the [0, 1] range)
