@@ -2,16 +2,19 @@
 
 The monitored validation score comes from the task's head (AUC, macro one-vs-rest AUROC, mAP, or a pretext
 stage's error, minimised); the loop itself knows nothing about it. After every epoch the full state is
-written atomically to ``last.pt``; a killed run resumed with ``resume=True`` replays from the start of the
-epoch it was in and, on the CPU, ends with exactly the weights of an uninterrupted run (shuffling and
-augmentation depend only on seed, epoch and sample index).
+written atomically to ``last.pt``. ``best.pt`` also holds the run's record (task, names, preprocessing,
+versions, data location and hash, training-input statistics; :func:`osteoscope.engine.runs.run_record`)
+and, after the last epoch, the operating point chosen on validation with the best weights. A killed run
+resumed with ``resume=True`` replays from the start of the epoch it was in and, on the CPU, ends with
+exactly the weights of an uninterrupted run (shuffling and augmentation depend only on seed, epoch and
+sample index).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from osteoscope.config import ExperimentConfig, config_to_dict, load_config, sav
 from osteoscope.data.datasets import CaseDataset
 from osteoscope.data.splits import check_patient_leakage, load_splits, save_splits, split_patients
 from osteoscope.engine.checkpoint import load_checkpoint, save_atomic
-from osteoscope.engine.inference import forward, infer, to_device
+from osteoscope.engine.inference import Inference, forward, infer, to_device
 from osteoscope.engine.loop import Checkpoints, EarlyStopping, EpochLog, History, Loop, is_main_process, lr_factor
 from osteoscope.engine.runs import (
     BEST_CHECKPOINT,
@@ -48,6 +51,7 @@ from osteoscope.engine.runs import (
 )
 from osteoscope.engine.stages import load_init_weights
 from osteoscope.errors import ConfigError, OsteoscopeError
+from osteoscope.heads import Head
 
 
 def progress_bar() -> Progress:
@@ -236,7 +240,7 @@ def train(
             run_dir / BEST_CHECKPOINT,
             model,
             lambda: infer(model, val_set, task, model_name=name, batch_size=tc.batch_size * 2, device=device),
-            task,
+            head,
         )
     log.info(
         "done: best %s %.4f at epoch %d; weights in %s",
@@ -259,7 +263,9 @@ def _data_of(config: ExperimentConfig, run_dir: Path, resume: bool) -> dict[str,
     return data_location(path, run_dir)
 
 
-def _store_operating_point(best: Path, model: torch.nn.Module, validate, task) -> dict[str, Any]:
+def _store_operating_point(
+    best: Path, model: torch.nn.Module, validate: Callable[[], Inference], head: Head
+) -> dict[str, Any]:
     """Choose the head's decision rule on validation with the best weights and store it in ``best.pt``.
 
     ``validate`` runs the model (loaded here with the best weights) over the validation cases.
@@ -267,7 +273,7 @@ def _store_operating_point(best: Path, model: torch.nn.Module, validate, task) -
     state = load_checkpoint(best)
     model.load_state_dict(state["model"])
     result = validate()
-    state["operating_point"] = task.head.operating_point(result.targets, result.values)
+    state["operating_point"] = head.operating_point(result.targets, result.values)
     save_atomic(state, best)
     log.info("operating point: %s", ", ".join(f"{k} {v}" for k, v in state["operating_point"].items()))
     return state["operating_point"]

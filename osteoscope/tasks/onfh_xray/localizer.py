@@ -20,6 +20,10 @@ Method, and why:
 * **Decoding.** Arg-max of each heat map, refined by a soft-arg-max over the 5x5 cells around
   it (sub-cell accuracy without being pulled towards a distant second peak), then the
   half-size read at that point: box = centre ± half-size · ``box_scale``.
+* **Checks.** :func:`find_heads` also returns a confidence (the share of each heat map's
+  probability in the 5x5 cells around its peak); :func:`implausible_heads` names degenerate or
+  implausible boxes, which ``predict`` refuses to use. Training can hold out patients and report
+  the centre error on them per epoch; the last evaluation is saved with the weights.
 * **Augmentation** (so the model transfers beyond its training source): random scale
   (0.5-1.3), shift, rotation (±12°) and horizontal flip, applied to the image and its boxes;
   a flip moves the patient-left head to the image's left, so the two labels are swapped and
