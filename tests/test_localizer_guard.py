@@ -76,19 +76,20 @@ def test_degenerate_localiser_boxes_are_an_error_naming_the_file(hips: Path, tmp
     assert str(case.images["image"]) in str(error.value) and "--box left=" in str(error.value)
 
 
-def test_training_logs_loss_and_held_out_error_and_stores_it(
-    hips: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_training_logs_loss_and_held_out_error_and_stores_it(hips: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
     logger = logging.getLogger("osteoscope")
-    propagate, logger.propagate = logger.propagate, True  # setup_logging elsewhere turns it off
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        with caplog.at_level(logging.INFO, logger="osteoscope"):
-            train_localizer_on_manifest(
-                hips, tmp_path / "loc.pt", epochs=2, working_size=(48, 64), held_out_fraction=0.2
-            )
+        train_localizer_on_manifest(hips, tmp_path / "loc.pt", epochs=2, working_size=(48, 64), held_out_fraction=0.2)
     finally:
-        logger.propagate = propagate
-    lines = [r.getMessage() for r in caplog.records if "head localiser epoch" in r.getMessage()]
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = [line for line in lines if "head localiser epoch" in line]
     assert len(lines) == 2 and all("loss" in line and "held-out centre error" in line for line in lines)
     held_out = load_localizer(tmp_path / "loc.pt").held_out
     patients = {c.patient_id for c in load_manifest(hips).cases}
