@@ -166,7 +166,7 @@ def main() -> None:
             _phantom_samples(train_dir),
             epochs=args.epochs,
             seed=args.seed,
-            progress=lambda e, n, loss: losses.append(loss),
+            progress=lambda e, n, loss, score: losses.append(loss),
         )
         train_s = time.perf_counter() - start
         phantom = _phantom_errors(model, test_dir)

@@ -229,10 +229,20 @@ def predict(
     localizer: Annotated[
         Path | None, typer.Option(help="onfh-xray: head-localiser weights (default RUN/localizer.pt).")
     ] = None,
+    ood: Annotated[
+        str,
+        typer.Option(
+            help="A study unlike the training inputs: refuse (no score, the reasons) or flag (scored, marked)."
+        ),
+    ] = "refuse",
 ) -> None:
-    """Print, as JSON, the scores of each study (the same columns as the evaluation's predictions.csv)."""
+    """Print, as JSON, the scores of each study (the same columns as the evaluation's predictions.csv) and
+    the decision at the run's validated operating point, after the out-of-distribution guard."""
     from osteoscope.data.manifest import parse_box
     from osteoscope.engine.predict import predict_images
+    from osteoscope.engine.runs import setup_logging
+
+    setup_logging()
 
     boxes = {
         k: parse_box(v, case_id="command line", column=f"box {k}".strip()) for k, v in _named(box, "--box").items()
@@ -244,6 +254,7 @@ def predict(
         masks=_named(mask, "--mask"),
         boxes=boxes,
         files={"localizer": localizer} if localizer else {},
+        ood=ood,
     )
     typer.echo(json.dumps(results, indent=2))
 
@@ -254,11 +265,14 @@ def localizer_train(
     out: Annotated[Path, typer.Option(help="Output weights file.")],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    held_out: Annotated[float, typer.Option(help="Share of patients held out to measure the centre error.")] = 0.1,
 ) -> None:
-    """Train the femoral-head localiser on the boxes of a dataset."""
+    """Train the femoral-head localiser on the boxes of a dataset; logs loss and held-out centre error."""
+    from osteoscope.engine.runs import setup_logging
     from osteoscope.tasks.onfh_xray.localizer import train_localizer_on_manifest
 
-    train_localizer_on_manifest(data, out, epochs=epochs, seed=seed)
+    setup_logging()
+    train_localizer_on_manifest(data, out, epochs=epochs, seed=seed, held_out_fraction=held_out)
     typer.echo(f"wrote {out}")
 
 

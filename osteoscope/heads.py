@@ -203,6 +203,14 @@ class Head(ABC):
         """The decision rule (``source`` says what it is), chosen on validation when the head has one to choose."""
         return {"source": self.decision}
 
+    def decide(self, values: np.ndarray, operating: Mapping[str, Any]) -> Any:
+        """The decision for one case's values (a row of :meth:`case_values`) at an operating point."""
+        return None
+
+    def alternative_operating_points(self, targets: np.ndarray, values: np.ndarray) -> dict[str, dict[str, Any]]:
+        """Other decision rules reported beside the validated one, for comparison only (none by default)."""
+        return {}
+
     @abstractmethod
     def evaluate(
         self,
@@ -361,6 +369,21 @@ class BinaryHead(Head):
             return {"threshold": 0.5, "source": "fixed 0.5"}
         return {"threshold": youden_threshold(targets.astype(int), values), "source": "Youden's J on validation"}
 
+    def decide(self, values: np.ndarray, operating: Mapping[str, Any]) -> str:
+        """The positive class name at or above the threshold, else the negative one."""
+        return self.names[1] if float(np.reshape(values, -1)[0]) >= float(operating["threshold"]) else self.names[0]
+
+    def alternative_operating_points(self, targets: np.ndarray, values: np.ndarray) -> dict[str, dict[str, Any]]:
+        """The fixed 0.5 threshold, and Youden's J chosen on the evaluated cases themselves (optimistic: that
+        threshold has seen the labels it is scored on, so it is no estimate of future performance)."""
+        points = {"fixed 0.5": {"threshold": 0.5, "source": "fixed 0.5"}}
+        if self.evaluable(targets):
+            points["Youden on these cases"] = {
+                "threshold": youden_threshold(targets.astype(int), values),
+                "source": "Youden's J on the evaluated cases themselves (optimistic, for comparison only)",
+            }
+        return points
+
     def evaluate(self, targets, values, groups, operating, n_boot, seed) -> dict[str, Any]:
         y, threshold = targets.astype(int), float(operating["threshold"])
         point = binary_metrics(y, values, threshold=threshold)
@@ -478,6 +501,10 @@ class MulticlassHead(Head):
         if not self.evaluable(targets[known]):
             return float("nan")
         return multiclass_metrics(targets[known], values[known])["macro_auc"]
+
+    def decide(self, values: np.ndarray, operating: Mapping[str, Any]) -> str:
+        """The most probable class."""
+        return self.names[int(np.argmax(values))]
 
     def evaluate(self, targets, values, groups, operating, n_boot, seed) -> dict[str, Any]:
         return bootstrap_multiclass(
@@ -620,6 +647,11 @@ class MultilabelHead(Head):
 
     def class_members(self, targets: np.ndarray) -> dict[str, np.ndarray]:
         return {name: targets[:, j] == 1 for j, name in enumerate(self.names)}
+
+    def decide(self, values: np.ndarray, operating: Mapping[str, Any]) -> list[str]:
+        """The labels at or above the threshold."""
+        threshold = float(operating["threshold"])
+        return [name for name, value in zip(self.names, np.reshape(values, -1), strict=True) if value >= threshold]
 
     def evaluate(self, targets, values, groups, operating, n_boot, seed) -> dict[str, Any]:
         return bootstrap_multilabel(

@@ -78,12 +78,15 @@ class Manifest:
 
 
 def manifest_path(path: str | Path) -> Path:
-    """Resolve a dataset folder or a manifest file to the manifest file."""
+    """Resolve a dataset folder or a manifest file to the manifest file; the error says which is missing."""
     path = Path(path)
     if path.is_dir():
-        path = path / MANIFEST_NAME
+        if not (path / MANIFEST_NAME).is_file():
+            raise DataError(f"the dataset folder holds no {MANIFEST_NAME}", path=path)
+        return path / MANIFEST_NAME
     if not path.is_file():
-        raise DataError("no manifest found (expected a folder holding manifest.csv, or the csv itself)", path=path)
+        where = "" if path.is_absolute() else f" (a relative path, taken from the working directory {Path.cwd()})"
+        raise DataError(f"no dataset folder or manifest file at this path{where}", path=path)
     return path
 
 

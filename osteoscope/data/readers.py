@@ -336,6 +336,7 @@ def _dicom_values(ds: Dataset, path: Path, voi: bool | None) -> tuple[np.ndarray
         "format": "dicom",
         "path": str(path),
         "modality": str(ds.get("Modality", "") or "") or None,
+        "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
         "photometric": photometric,
         "transfer_syntax": _transfer_syntax(ds).name,
         "bit_depth": int(ds.get("BitsStored", raw.dtype.itemsize * 8)),

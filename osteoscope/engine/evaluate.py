@@ -1,9 +1,12 @@
 """Evaluate a trained run on its held-out test patients (or an external dataset) with intervals.
 
 What is measured follows the task's head (see :mod:`osteoscope.heads`). Where the head has a decision
-rule to choose (the binary threshold, Youden's J), it is chosen on the run's validation split and applied
-unchanged to the test cases, so the test set informs nothing but the reported numbers. Intervals are 95%
-bootstrap intervals resampling whole patients (a patient's studies are correlated).
+rule to choose (the binary threshold, Youden's J), it was chosen on the run's validation split at the end of
+training and stored in ``best.pt``; it is applied unchanged to the test cases and to external datasets, so
+the evaluated cases inform nothing but the reported numbers. The fixed 0.5 threshold and Youden's J on the
+evaluated cases themselves are reported beside it under ``alternative_operating_points``, labelled as
+comparisons only. Intervals are 95% bootstrap intervals resampling whole patients (a patient's studies are
+correlated).
 
 Written to the output folder: ``metrics.json``, ``predictions.csv`` (one column per class or label, the
 task's extra outputs, and the file of every saved map), ``predictions.npz`` (the same values as arrays, for
@@ -94,7 +97,7 @@ def evaluate_run(
     task, head = run.task, run.task.head
     out = Path(out_dir) if out_dir else run.path / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    data = data or run.config.data.path
+    data = data or run.data_path()
     manifest = load_task_manifest(task, data, skip_bad=skip_bad)
     builder = task.builder(False, make_cache(run.config))
     cases, bad = check_cases(select_cases(run, manifest.cases, split), builder, skip_bad=skip_bad)
@@ -105,9 +108,7 @@ def evaluate_run(
             "the test split of this run has been evaluated %d time(s) before: report the first result", previous
         )
 
-    val_cases = [case for case in manifest.cases if run.splits.get(case.case_id) == "val"]
-    val = _predict(run, val_cases, builder) if split != "val" and val_cases else None
-    operating = head.operating_point(*((val.targets, val.values) if val is not None else (None, None)))
+    operating = _operating_point(run, builder)
     pred = _predict(run, cases, builder, maps_dir=out / "maps")
     known = head.known(pred.targets)
     if not known.all():
@@ -130,6 +131,14 @@ def evaluate_run(
         "overall": head.evaluate(targets, values, groups[known], operating, n_boot, seed),
         "subsets": {},
         "extra": {},
+        "alternative_operating_points": {
+            name: {
+                "note": "for comparison only: the result is the validated operating point above",
+                "operating_point": point,
+                "overall": head.evaluate(targets, values, groups[known], point, n_boot, seed),
+            }
+            for name, point in head.alternative_operating_points(targets, values).items()
+        },
     }
     for name, keep in task.subsets().items():
         chosen = np.array([keep(case) for case in scored], dtype=bool)
@@ -182,6 +191,18 @@ def evaluate_run(
         out,
     )
     return result
+
+
+def _operating_point(run: Run, builder) -> dict[str, Any]:
+    """The decision rule stored in the checkpoint, chosen on validation with the best weights at the end of
+    training; for runs of older versions that lack it, chosen now on the run's own validation split."""
+    if run.operating_point is not None:
+        return run.operating_point
+    log.warning("%s stores no operating point (an older run): choosing it on its validation split now", run.path)
+    own = load_task_manifest(run.task, run.data_path(), skip_bad=True)
+    val_cases = [case for case in own.cases if run.splits.get(case.case_id) == "val"]
+    val = _predict(run, val_cases, builder) if val_cases else None
+    return run.task.head.operating_point(*((val.targets, val.values) if val is not None else (None, None)))
 
 
 def _predict(run: Run, cases: Sequence[Case], builder, maps_dir: Path | None = None) -> Inference:

@@ -1,11 +1,29 @@
-"""A run directory: its files, its log, the data it was trained on, and its model loaded back."""
+"""A run directory: its files, its log, the data it was trained on, and its model loaded back.
+
+A run folder is self-contained and relocatable. ``config.yaml`` records the dataset as an absolute path
+resolved at training time, and ``best.pt`` also records where the dataset lies relative to the run folder
+and the SHA-256 of its manifest. A relative ``data.path`` in a run's config is relative to the run folder,
+not to the working directory. Loading a run looks for the dataset at the absolute path, then relative to
+the run folder (a run moved together with its data, e.g. the whole demo folder), and for runs written
+before the location was recorded, relative to the working directory.
+
+``best.pt`` carries everything ``predict`` needs besides the weights (see :func:`run_record`): the task
+and its options, the head's names, the operating point chosen on validation with its rule, the
+preprocessing, the package versions, the manifest's hash and the statistics of the training inputs that
+predict's out-of-distribution guard compares a study with.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -16,7 +34,8 @@ from torch.utils.data import DataLoader, Sampler
 from osteoscope.config import ExperimentConfig, load_config
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import CaseDataset, SampleBuilder
-from osteoscope.data.manifest import Case, Manifest, SkippedCase, load_manifest
+from osteoscope.data.manifest import Case, Manifest, SkippedCase, load_manifest, manifest_path
+from osteoscope.data.profile import evenly_spaced, input_profile
 from osteoscope.data.splits import load_splits
 from osteoscope.engine.checkpoint import load_checkpoint
 from osteoscope.errors import DataError, OsteoscopeError
@@ -30,6 +49,8 @@ BEST_CHECKPOINT = "best.pt"
 LOG_FILE = "train.log"
 HISTORY_FILE = "history.jsonl"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+VERSIONED_PACKAGES = ("osteoscope", "torch", "timm", "monai", "numpy")
+RECORD_KEYS = ("task", "head", "preprocessing", "versions", "data", "input_profile")
 
 log = logging.getLogger("osteoscope")
 
@@ -149,17 +170,42 @@ def make_loader(
 
 @dataclass
 class Run:
-    """A trained run loaded back: its config, task, model (best weights) and split."""
+    """A trained run loaded back: its config, task, model (best weights), split and checkpoint record.
+
+    Attributes:
+        record: What ``best.pt`` holds besides the weights (see :func:`run_record`; the operating point
+            under ``operating_point``); runs of older versions lack some keys.
+        data_found: Whether the dataset the run was trained on was found (``config.data.path`` then names
+            it, resolved).
+    """
 
     path: Path
     config: ExperimentConfig
     task: Task
     model: nn.Module
     splits: dict[str, str]
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_found: bool = True
 
     @property
     def model_name(self) -> str:
         return model_name(self.config, self.task)
+
+    @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The decision rule chosen on validation at the end of training, or None for older runs."""
+        return self.record.get("operating_point")
+
+    def data_path(self) -> Path:
+        """The run's own dataset; a clear error when it is not where the run recorded it."""
+        if not self.data_found:
+            relative = self.record.get("data", {}).get("relative_to_run")
+            also = f" nor at {self.path / relative} (relative to the run folder)" if relative else ""
+            raise DataError(
+                f"the dataset this run was trained on is not found{also}: pass the dataset with --data",
+                path=self.config.data.path,
+            )
+        return Path(self.config.data.path)
 
 
 def model_name(config: ExperimentConfig, task: Task) -> str:
@@ -174,8 +220,78 @@ def build_run_model(config: ExperimentConfig, task: Task) -> nn.Module:
     return build_model(model_name(config, task), defaults, config.model.options)
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of osteoscope and the libraries a result depends on."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def data_location(data: str | Path, run_dir: Path) -> dict[str, str]:
+    """Where a run's dataset is: the absolute path (resolved now, from the working directory), the path
+    relative to the run folder, and the SHA-256 of its manifest."""
+    manifest = manifest_path(data).resolve()
+    return {
+        "path": str(manifest.parent),
+        "relative_to_run": os.path.relpath(manifest.parent, run_dir.resolve()),
+        "manifest_sha256": file_sha256(manifest),
+    }
+
+
+def locate_data(run_dir: Path, recorded: str, record: dict[str, Any]) -> Path | None:
+    """The run's dataset folder, or None: the recorded path (relative to the run folder when relative),
+    then the location relative to the run folder stored in the checkpoint, then (runs written before the
+    location was recorded) the recorded path from the working directory."""
+    candidates = [run_dir / recorded]
+    if record.get("data", {}).get("relative_to_run"):
+        candidates.append(run_dir / record["data"]["relative_to_run"])
+    if not Path(recorded).is_absolute():
+        candidates.append(Path(recorded))
+    for candidate in candidates:
+        if recorded and (candidate.is_dir() or candidate.is_file()):
+            return candidate.resolve()
+    return None
+
+
+def run_record(task: Task, data: dict[str, str], train_cases: Sequence[Case]) -> dict[str, Any]:
+    """What ``best.pt`` stores beside the weights, so ``predict`` needs nothing else from the training.
+
+    The operating point is added after training (:func:`osteoscope.engine.trainer.train`) when it has been
+    chosen on validation with the best weights.
+    """
+    head = task.head
+    files = [
+        (column, path) for case in evenly_spaced(list(train_cases)) for column, path in case.images.items() if path
+    ]
+    return {
+        "task": {
+            "name": task.name,
+            "options": dataclasses.asdict(task.options),
+            "loss_options": dataclasses.asdict(task.loss_options),
+        },
+        "head": {"kind": head.kind, "names": list(head.names)},
+        "preprocessing": task.preprocessing(),
+        "versions": package_versions(),
+        "data": data,
+        "input_profile": input_profile(files),
+    }
+
+
 def load_run(path: str | Path, checkpoint: str = BEST_CHECKPOINT) -> Run:
-    """Load a run directory written by ``osteoscope train``."""
+    """Load a run directory written by ``osteoscope train``, from any working directory."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise DataError("not a run directory (no config.yaml)", path=path)
@@ -185,4 +301,11 @@ def load_run(path: str | Path, checkpoint: str = BEST_CHECKPOINT) -> Run:
     model = build_run_model(config, task)
     model.load_state_dict(state["model"])
     model.eval()
-    return Run(path, config, task, model, load_splits(path / SPLITS_FILE))
+    record = {key: value for key, value in state.items() if key in (*RECORD_KEYS, "operating_point")}
+    found = locate_data(path, config.data.path, record)
+    if found is not None:
+        config.data.path = str(found)
+        recorded = record.get("data", {}).get("manifest_sha256")
+        if recorded and file_sha256(manifest_path(found)) != recorded:
+            log.warning("the manifest in %s has changed since %s was trained (its SHA-256 differs)", found, path)
+    return Run(path, config, task, model, load_splits(path / SPLITS_FILE), record, found is not None)

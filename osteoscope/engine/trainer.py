@@ -2,13 +2,17 @@
 
 The monitored validation score comes from the task's head (AUC, macro one-vs-rest AUROC, mAP, or a pretext
 stage's error, minimised); the loop itself knows nothing about it. After every epoch the full state is
-written atomically to ``last.pt``; a killed run resumed with ``resume=True`` replays from the start of the
-epoch it was in and, on the CPU, ends with exactly the weights of an uninterrupted run (shuffling and
-augmentation depend only on seed, epoch and sample index).
+written atomically to ``last.pt``. ``best.pt`` also holds the run's record (task, names, preprocessing,
+versions, data location and hash, training-input statistics; :func:`osteoscope.engine.runs.run_record`)
+and, after the last epoch, the operating point chosen on validation with the best weights. A killed run
+resumed with ``resume=True`` replays from the start of the epoch it was in and, on the CPU, ends with
+exactly the weights of an uninterrupted run (shuffling and augmentation depend only on seed, epoch and
+sample index).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -22,9 +26,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from osteoscope.config import ExperimentConfig, config_to_dict, load_config, save_config
 from osteoscope.data.datasets import CaseDataset
 from osteoscope.data.splits import check_patient_leakage, load_splits, save_splits, split_patients
-from osteoscope.engine.checkpoint import load_checkpoint
-from osteoscope.engine.inference import forward, infer, to_device
-from osteoscope.engine.loop import Checkpoints, EarlyStopping, EpochLog, History, Loop, Tracking, lr_factor
+from osteoscope.engine.checkpoint import load_checkpoint, save_atomic
+from osteoscope.engine.inference import Inference, forward, infer, to_device
+from osteoscope.engine.loop import (
+    Checkpoints,
+    EarlyStopping,
+    EpochLog,
+    History,
+    Loop,
+    Tracking,
+    is_main_process,
+    lr_factor,
+)
 from osteoscope.engine.preflight import (
     build_checked_model,
     check_splits,
@@ -41,18 +54,22 @@ from osteoscope.engine.runs import (
     LOG_FORMAT,
     SPLITS_FILE,
     check_cases,
+    data_location,
     load_task_manifest,
+    locate_data,
     log,
     make_cache,
     make_loader,
     model_name,
     report_skipped,
+    run_record,
     select_device,
     setup_logging,
     task_of,
 )
 from osteoscope.engine.stages import load_init_weights
 from osteoscope.errors import ConfigError, OsteoscopeError
+from osteoscope.heads import Head
 
 
 def progress_bar() -> Progress:
@@ -140,6 +157,8 @@ def train(
         raise ConfigError(f"train.schedule must be cosine or constant, got {tc.schedule!r}")
     if not config.data.path:
         raise ConfigError("no dataset given: set data.path (or --data)")
+    data = _data_of(config, run_dir, resume)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data["path"]))
     name = model_name(config, task)
     torch.manual_seed(tc.seed)
     model = build_checked_model(config, task)  # before any data are read or files written
@@ -227,7 +246,7 @@ def train(
         )
 
     stopping = EarlyStopping(monitor, head.mode, tc.patience)
-    extra = {"config": config_to_dict(config)}
+    extra = {"config": config_to_dict(config), **run_record(task, data, parts["train"])}
     # checkpoints before the history file, so the history never lists an epoch that a kill could lose
     handlers = [
         stopping,
@@ -275,6 +294,13 @@ def train(
         log.info("early stop: no better %s for %d epochs", monitor, tc.patience)
     if not (run_dir / BEST_CHECKPOINT).exists():
         raise OsteoscopeError(f"no epoch produced a finite {monitor} (does the val split hold every class?)")
+    if is_main_process():
+        _store_operating_point(
+            run_dir / BEST_CHECKPOINT,
+            model,
+            lambda: infer(model, val_set, task, model_name=name, batch_size=tc.batch_size * 2, device=device),
+            head,
+        )
     log.info(
         "done: best %s %.4f at epoch %d; weights in %s",
         monitor,
@@ -283,6 +309,33 @@ def train(
         run_dir / BEST_CHECKPOINT,
     )
     return run_dir
+
+
+def _data_of(config: ExperimentConfig, run_dir: Path, resume: bool) -> dict[str, str]:
+    """The dataset's location (absolute path, path relative to the run folder, manifest hash), resolved
+    now. A resumed run finds its data as an evaluation does (see :func:`osteoscope.engine.runs.locate_data`)."""
+    path = config.data.path
+    if resume:
+        best = run_dir / BEST_CHECKPOINT
+        record = load_checkpoint(best) if best.is_file() else {}
+        path = str(locate_data(run_dir, path, record) or path)
+    return data_location(path, run_dir)
+
+
+def _store_operating_point(
+    best: Path, model: torch.nn.Module, validate: Callable[[], Inference], head: Head
+) -> dict[str, Any]:
+    """Choose the head's decision rule on validation with the best weights and store it in ``best.pt``.
+
+    ``validate`` runs the model (loaded here with the best weights) over the validation cases.
+    """
+    state = load_checkpoint(best)
+    model.load_state_dict(state["model"])
+    result = validate()
+    state["operating_point"] = head.operating_point(result.targets, result.values)
+    save_atomic(state, best)
+    log.info("operating point: %s", ", ".join(f"{k} {v}" for k, v in state["operating_point"].items()))
+    return state["operating_point"]
 
 
 def _assign_splits(

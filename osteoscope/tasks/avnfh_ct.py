@@ -65,6 +65,8 @@ class AvnfhCt(Task):
     name = "avnfh-ct"
     description = "femoral-head necrosis yes/no (or ARCO stage 0-IV with target: stage) from a 3-D CT box (SRANet)"
     default_model = "monai:resnet10"
+    modalities = frozenset({"CT"})
+    body_parts = frozenset({"HIP", "PELVIS", "ABDOMENPELVIS", "LOWERLIMB", "PARTIALBODY", "WHOLEBODY"})
     phantom = staticmethod(avnfh_ct_phantom.generate)
     Options = Options
 

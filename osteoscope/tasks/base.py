@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +24,10 @@ from osteoscope.data.augment import SpatialAugmentation
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import Augmentation, SampleBuilder
 from osteoscope.data.manifest import ENGINE_COLUMNS, Box, Case
+from osteoscope.data.profile import profile_problems
+from osteoscope.data.readers import read_image
 from osteoscope.data.splits import default_stratum
+from osteoscope.data.transforms import robust_normalise
 from osteoscope.errors import DataError
 from osteoscope.heads import Head, NoOptions
 
@@ -127,6 +130,8 @@ class Task(ABC):
     Options: ClassVar[type] = NoOptions
     LossOptions: ClassVar[type | None] = None  # None: the head's default loss and its options
     extra_outputs: ClassVar[Mapping[str, tuple[str, ...]]] = {}  # model output key -> column names (sigmoid)
+    modalities: ClassVar[frozenset[str]] = frozenset()  # DICOM Modality values of the task's inputs
+    body_parts: ClassVar[frozenset[str]] = frozenset()  # DICOM BodyPartExamined values of its inputs
 
     def __init__(self, options: Mapping[str, Any] | None = None, loss_options: Mapping[str, Any] | None = None):
         self.options = parse_options(self.Options, dict(options or {}), "data.options")
@@ -224,6 +229,38 @@ class Task(ABC):
             names = ", ".join(c.removeprefix("image_") for c in self.schema.any_of)
             raise DataError(f"{self} needs at least one of the images {names}: --image NAME=FILE")
         return case
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How a case becomes model input at evaluation and prediction: the builder, its settings (sizes,
+        columns, windows) and the intensity normalisation, as stored in the checkpoint."""
+        builder = self.builder(False, None)
+        training_only = ("target", "cache", "augmentation")
+        settings = {f.name: getattr(builder, f.name) for f in fields(builder) if f.name not in training_only}
+        defaults = robust_normalise.__defaults__
+        return {
+            "builder": type(builder).__name__,
+            "settings": settings,
+            "intensity": f"per case, the {defaults[0]}th..{defaults[1]}th percentiles mapped to [-1, 1] "
+            "(osteoscope.data.transforms.robust_normalise), after the builder's window where it has one",
+        }
+
+    def check_study(self, case: Case, profile: Mapping[str, Any] | None) -> list[str]:
+        """Why a study given to ``predict`` does not look like the training inputs (empty when it does):
+        each image's DICOM Modality and BodyPartExamined against :attr:`modalities` and :attr:`body_parts`
+        (and those seen in training), its size, aspect and intensity percentiles against the training
+        profile (:mod:`osteoscope.data.profile`). Tasks add their own checks by extending this."""
+        problems = []
+        for column, path in case.images.items():
+            if path is not None:
+                modalities, body_parts = self.dicom_expectations(column)
+                image = read_image(path)
+                problems += profile_problems(column, image, profile or {}, modalities=modalities, body_parts=body_parts)
+        return problems
+
+    def dicom_expectations(self, column: str) -> tuple[frozenset[str], frozenset[str]]:
+        """The DICOM Modality and BodyPartExamined values expected in an image column (all columns alike by
+        default; a task with images of several modalities says which column holds which)."""
+        return self.modalities, self.body_parts
 
 
 def column_name(kind: str, key: str) -> str:

@@ -54,6 +54,8 @@ class CalcaneusMultilabel(Task):
     name = "calcaneus-multilabel"
     description = "six calcaneal fracture subtypes (multi-label) from a lateral radiograph and its rough mask (MSRT)"
     default_model = "timm:resnet50"
+    modalities = frozenset({"CR", "DX"})
+    body_parts = frozenset({"FOOT", "ANKLE", "HEEL", "CALCANEUS", "LOWERLIMB", "EXTREMITY"})
     phantom = staticmethod(calcaneus_phantom.generate)
     Options = Options
 

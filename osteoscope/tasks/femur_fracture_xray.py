@@ -56,6 +56,8 @@ class FemurFractureXray(Task):
     name = "femur-fracture-xray"
     description = "atypical (AFF) vs normal femur fracture per radiograph, with a patient-level score"
     default_model = "timm:resnet18"
+    modalities = frozenset({"CR", "DX"})
+    body_parts = frozenset({"FEMUR", "THIGH", "HIP", "PELVIS", "LEG", "LOWERLIMB", "EXTREMITY"})
     phantom = staticmethod(femur_phantom.generate)
     Options = Options
 

@@ -64,6 +64,8 @@ class OnfhMrStaging(Task):
     name = "onfh-mr-staging"
     description = "ARCO stage I-IV of one hip from five MR protocols; target: ct is the MR->CT pretext stage"
     default_model = "timm:vgg16_bn"
+    modalities = frozenset({"MR"})
+    body_parts = frozenset({"HIP", "PELVIS"})
     phantom = staticmethod(onfh_mr_phantom.generate)
     Options = Options
 
@@ -97,6 +99,10 @@ class OnfhMrStaging(Task):
             augmentation=o.augmentation() if train else None,
             cache=cache,
         )
+
+    def dicom_expectations(self, column: str) -> tuple[frozenset[str], frozenset[str]]:
+        """The paired CT of the pretext stage is a CT; every protocol an MR."""
+        return (frozenset({"CT"}) if column == "image_ct" else self.modalities), self.body_parts
 
     def model_kwargs(self) -> dict[str, Any]:
         o = self.options

@@ -90,6 +90,8 @@ class OnfhXray(Task):
     Options = Options
     LossOptions = LossOptions
     extra_outputs: ClassVar[Mapping[str, tuple[str, ...]]] = {"side_logits": ("p_left", "p_right")}
+    modalities = frozenset({"CR", "DX"})
+    body_parts = frozenset({"PELVIS", "HIP"})
 
     @property
     def head(self) -> Head:
@@ -163,21 +165,53 @@ class OnfhXray(Task):
 
     def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
         """A radiograph with ``box_left``/``box_right``, or boxes found by the localiser
-        (``--localizer FILE``, default ``RUN/localizer.pt``)."""
+        (``--localizer FILE``, default ``RUN/localizer.pt``). Degenerate or implausible localiser boxes are
+        an error naming the file; the localiser's confidence and held-out centre error go into the case's
+        ``extra`` for :meth:`check_study` and the prediction's ``study_info``."""
         case = super().study_case(inputs, run_dir)
         if {"box_left", "box_right"} <= set(case.boxes):
             return case
         if case.boxes:
             raise DataError("give both head boxes (--box left=... --box right=...) or neither")
-        from osteoscope.tasks.onfh_xray.localizer import load_localizer, locate_heads
+        from osteoscope.tasks.onfh_xray.localizer import confidence_floor, find_heads, implausible_heads, load_localizer
 
         path = Path(inputs.files.get("localizer") or run_dir / LOCALIZER_FILE)
         if not path.is_file():
             raise DataError(
                 "no head localiser found: pass --localizer FILE or --box left=... --box right=...", path=path
             )
-        found = locate_heads(load_localizer(path), read_image(case.images["image"]).array)
-        return Case(case.case_id, "", case.images, boxes={"box_left": found["left"], "box_right": found["right"]})
+        localizer = load_localizer(path)
+        image = read_image(case.images["image"]).array
+        heads = find_heads(localizer, image)
+        problems = implausible_heads(heads, image.shape)
+        if problems:
+            raise DataError(
+                f"the femoral-head localiser ({path}) found no plausible pair of heads: {'; '.join(problems)}; "
+                "give the boxes with --box left=... --box right=...",
+                path=case.images["image"],
+            )
+        extra = {"localizer": str(path), "localizer_confidence": f"{heads.confidence:.4f}"}
+        floor = confidence_floor(localizer)
+        if floor is not None:
+            extra["localizer_confidence_floor"] = f"{floor:.4f}"
+            extra["localizer_held_out_centre_error_px"] = f"{localizer.held_out['centre_error_px']:.2f}"
+        boxes = {"box_left": heads.left, "box_right": heads.right}
+        return Case(case.case_id, "", case.images, boxes=boxes, extra=extra)
+
+    def check_study(self, case: Case, profile: Mapping[str, Any] | None) -> list[str]:
+        """The generic checks, and the localiser's confidence against its floor from held-out patients."""
+        problems = super().check_study(case, profile)
+        if "localizer_confidence_floor" in case.extra:
+            confidence, floor = (
+                float(case.extra["localizer_confidence"]),
+                float(case.extra["localizer_confidence_floor"]),
+            )
+            if confidence < floor:
+                problems.append(
+                    f"the head localiser's confidence {confidence:.3f} is below {floor:.3f}, half its lowest on "
+                    "held-out patients: the image may not show a pelvis"
+                )
+        return problems
 
 
 TASK = OnfhXray

@@ -20,6 +20,10 @@ Method, and why:
 * **Decoding.** Arg-max of each heat map, refined by a soft-arg-max over the 5x5 cells around
   it (sub-cell accuracy without being pulled towards a distant second peak), then the
   half-size read at that point: box = centre ± half-size · ``box_scale``.
+* **Checks.** :func:`find_heads` also returns a confidence (the share of each heat map's
+  probability in the 5x5 cells around its peak); :func:`implausible_heads` names degenerate or
+  implausible boxes, which ``predict`` refuses to use. Training can hold out patients and report
+  the centre error on them per epoch; the last evaluation is saved with the weights.
 * **Augmentation** (so the model transfers beyond its training source): random scale
   (0.5-1.3), shift, rotation (±12°) and horizontal flip, applied to the image and its boxes;
   a flip moves the patient-left head to the image's left, so the two labels are swapped and
@@ -89,6 +93,7 @@ class HeadLocalizer(nn.Module):
             raise ValueError(f"working_size must be multiples of 16 and at least 32, got {working_size}")
         self.working_size = (height, wide)
         self.width = int(width)
+        self.held_out: dict[str, float] | None = None  # evaluation on held-out patients, saved with the weights
         c = self.width
         self.stem = nn.Sequential(_conv(1, c), _conv(c, c, stride=2))  # stride 2
         self.down4 = nn.Sequential(_conv(c, 2 * c, stride=2), _conv(2 * c, 2 * c))
@@ -340,7 +345,8 @@ def fit_localizer(
     batch_size: int = 16,
     lr: float = 2e-3,
     seed: int = 0,
-    progress: Callable[[int, int, float], None] | None = None,
+    held_out: Sequence[tuple[np.ndarray, Box, Box]] = (),
+    progress: Callable[[int, int, float, dict[str, float] | None], None] | None = None,
 ) -> HeadLocalizer:
     """Train a :class:`HeadLocalizer` from boxed radiographs.
 
@@ -356,7 +362,11 @@ def fit_localizer(
         batch_size: Images per optimisation step.
         lr: Peak learning rate.
         seed: Seed of weight initialisation, shuffling and augmentation.
-        progress: Called as ``progress(epoch, epochs, mean_loss)`` after each epoch.
+        held_out: Boxed radiographs of patients not trained on, like ``samples``; after every epoch the
+            model is scored on them (:func:`evaluate_localizer`) and the last score is kept in
+            ``model.held_out``.
+        progress: Called as ``progress(epoch, epochs, mean_loss, held_out_score)`` after each epoch (the
+            score is None without ``held_out``).
 
     Returns:
         The trained model in eval mode.
@@ -406,13 +416,50 @@ def fit_localizer(
             optim.step()
             sched.step()
             total += loss.item() * len(idx)
+        score = None
+        if held_out:
+            score = evaluate_localizer(model, held_out)
+            model.held_out = score
+            model.train()
         if progress is not None:
-            progress(epoch + 1, epochs, total / len(images))
+            progress(epoch + 1, epochs, total / len(images), score)
     return model.eval()
 
 
-def _decode_centre(logits: torch.Tensor) -> tuple[float, float]:
-    """Arg-max of a (h, w) heat map refined by a local soft-arg-max; returns cell coordinates."""
+def evaluate_localizer(model: HeadLocalizer, samples: Sequence[tuple[np.ndarray, Box, Box]]) -> dict[str, float]:
+    """Centre error and confidence of the localiser on boxed radiographs ``(image, box_left, box_right)``.
+
+    Returns:
+        ``n_images``; ``centre_error_px``, the mean distance of predicted from true head centres in original
+        pixels; ``centre_error_rel``, the same as a fraction of the true distance between the two heads (a
+        size-free figure); ``confidence_min`` and ``confidence_median`` of :attr:`Heads.confidence`.
+    """
+    errors, relative, confidences = [], [], []
+    for image, box_left, box_right in samples:
+        found = find_heads(model, image)
+        true = {"left": _box_centre(box_left), "right": _box_centre(box_right)}
+        spread = max(float(np.linalg.norm(true["left"] - true["right"])), 1.0)
+        for side in ("left", "right"):
+            error = float(np.linalg.norm(_box_centre(getattr(found, side)) - true[side]))
+            errors.append(error)
+            relative.append(error / spread)
+        confidences.append(found.confidence)
+    return {
+        "n_images": float(len(confidences)),
+        "centre_error_px": float(np.mean(errors)),
+        "centre_error_rel": float(np.mean(relative)),
+        "confidence_min": float(np.min(confidences)),
+        "confidence_median": float(np.median(confidences)),
+    }
+
+
+def _box_centre(box: Sequence[float]) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], dtype=np.float64)
+
+
+def _decode_centre(logits: torch.Tensor) -> tuple[float, float, float]:
+    """Arg-max of a (h, w) heat map refined by a local soft-arg-max; returns cell coordinates and the
+    confidence: the share of the whole map's probability (softmax) within the refinement window."""
     h, w = logits.shape
     flat = int(torch.argmax(logits))
     i, j = divmod(flat, w)
@@ -422,10 +469,76 @@ def _decode_centre(logits: torch.Tensor) -> tuple[float, float]:
     p = torch.softmax(window.flatten(), 0).view_as(window)
     ys = torch.arange(i0, i1, dtype=p.dtype)
     xs = torch.arange(j0, j1, dtype=p.dtype)
-    return float((p.sum(0) * xs).sum()), float((p.sum(1) * ys).sum())
+    confidence = float(torch.exp(torch.logsumexp(window.flatten(), 0) - torch.logsumexp(logits.flatten(), 0)))
+    return float((p.sum(0) * xs).sum()), float((p.sum(1) * ys).sum()), confidence
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Both femoral heads found on a radiograph.
+
+    Attributes:
+        left: The patient's left head box (x0, y0, x1, y1), original pixels, end exclusive.
+        right: The patient's right head box.
+        confidence: The lower of the two heat maps' peak shares (0..1): how much of each map's probability
+            lies in the 5x5 cells around its peak. Near 1 on films like the training ones; low when the map
+            is spread out, e.g. on an image that shows no hip.
+    """
+
+    left: Box
+    right: Box
+    confidence: float
+
+
+def implausible_heads(heads: Heads, shape: tuple[int, int]) -> list[str]:
+    """What is wrong with a pair of head boxes on an image of ``shape`` (empty when plausible).
+
+    Degenerate: a box narrower or lower than 2% of the image's shorter side (at least 4 px), or touching
+    the image's edge (it was clipped, so the head lies outside or the peak sits on the border). Implausible
+    geometry: the two heads' widths or heights differ by more than a factor 2, the boxes overlap, the
+    patient's right head is not on the image's left, or the two are not side by side (their centres differ
+    in height by more than the mean box height).
+    """
+    height, width = shape
+    smallest = max(4.0, 0.02 * min(height, width))
+    problems = []
+    for side in ("left", "right"):
+        x0, y0, x1, y1 = getattr(heads, side)
+        if x1 - x0 < smallest or y1 - y0 < smallest:
+            problems.append(f"the {side} box {x1 - x0}x{y1 - y0} px is smaller than {smallest:.0f} px")
+        if x0 <= 0 or y0 <= 0 or x1 >= width or y1 >= height:
+            problems.append(f"the {side} box {getattr(heads, side)} touches the edge of the {width}x{height} image")
+    if problems:
+        return problems
+    (lx0, ly0, lx1, ly1), (rx0, ry0, rx1, ry1) = heads.left, heads.right
+    sizes = np.array([[lx1 - lx0, ly1 - ly0], [rx1 - rx0, ry1 - ry0]], dtype=float)
+    if (sizes.max(0) / sizes.min(0)).max() > 2:
+        problems.append(f"the two boxes differ in size by more than a factor 2 ({heads.left} vs {heads.right})")
+    if min(lx1, rx1) > max(lx0, rx0) and min(ly1, ry1) > max(ly0, ry0):
+        problems.append(f"the boxes overlap ({heads.left} and {heads.right})")
+    left, right = _box_centre(heads.left), _box_centre(heads.right)
+    if right[0] >= left[0]:
+        problems.append("the patient's right head is not on the image's left (AP view: patient right = image left)")
+    if abs(left[1] - right[1]) > sizes[:, 1].mean():
+        problems.append(
+            f"the heads are not side by side (their centres differ by {abs(left[1] - right[1]):.0f} px in height)"
+        )
+    return problems
+
+
+def confidence_floor(model: HeadLocalizer) -> float | None:
+    """The lowest confidence that does not flag a study: half the lowest on the held-out patients (None when
+    the localiser was trained without held-out patients)."""
+    return None if not model.held_out else 0.5 * model.held_out["confidence_min"]
 
 
 def locate_heads(model: HeadLocalizer, image: np.ndarray, *, box_scale: float = 1.0) -> dict[str, Box]:
+    """The two head boxes of :func:`find_heads` as ``{"left": box, "right": box}``."""
+    heads = find_heads(model, image, box_scale=box_scale)
+    return {"left": heads.left, "right": heads.right}
+
+
+def find_heads(model: HeadLocalizer, image: np.ndarray, *, box_scale: float = 1.0) -> Heads:
     """Find both femoral heads on an AP pelvis radiograph.
 
     Args:
@@ -434,9 +547,9 @@ def locate_heads(model: HeadLocalizer, image: np.ndarray, *, box_scale: float = 
         box_scale: Factor on the learned box half-size (1.0 reproduces the training boxes' margin).
 
     Returns:
-        ``{"left": box, "right": box}`` for the patient's left and right head, each
-        ``(x0, y0, x1, y1)`` in original pixel coordinates, end exclusive, clipped to the
-        image (so a head at the border yields a smaller box, never an empty one).
+        The patient's left and right head, each ``(x0, y0, x1, y1)`` in original pixel coordinates, end
+        exclusive, clipped to the image (so a head at the border yields a smaller box, never an empty one;
+        :func:`implausible_heads` says when such boxes should not be used), and the confidence.
 
     Raises:
         DataError: ``image`` is not a finite 2-D array.
@@ -450,8 +563,10 @@ def locate_heads(model: HeadLocalizer, image: np.ndarray, *, box_scale: float = 
         out = model(torch.from_numpy(arr)[None, None] * 2.0 - 1.0)[0]
     model.train(was_training)
     boxes: dict[str, Box] = {}
+    confidences = []
     for channel, side in enumerate(SIDES):
-        cx, cy = _decode_centre(out[channel])
+        cx, cy, confidence = _decode_centre(out[channel])
+        confidences.append(confidence)
         grid = torch.tensor([[[[(cx + 0.5) / out.shape[-1] * 2 - 1, (cy + 0.5) / out.shape[-2] * 2 - 1]]]])
         log_half = F.grid_sample(out[None, 2:], grid, mode="bilinear", align_corners=False).flatten()
         half_w, half_h = (torch.exp(log_half) * _STRIDE * box_scale).tolist()
@@ -463,18 +578,20 @@ def locate_heads(model: HeadLocalizer, image: np.ndarray, *, box_scale: float = 
         x1 = max(min(round(x + hw), frame.width), x0 + 1)
         y1 = max(min(round(y + hh), frame.height), y0 + 1)
         boxes[side] = (x0, y0, x1, y1)
-    return {"left": boxes["left"], "right": boxes["right"]}
+    return Heads(boxes["left"], boxes["right"], min(confidences))
 
 
 def save_localizer(model: HeadLocalizer, path: str | Path) -> None:
-    """Save weights and configuration in one torch file, atomically (temp file, then rename)."""
+    """Save weights, configuration and the held-out evaluation in one torch file, atomically (temp file, then
+    rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": _FORMAT,
-        "version": 1,
+        "version": 2,
         "config": {"working_size": list(model.working_size), "width": model.width},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "held_out": model.held_out,
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -505,6 +622,7 @@ def load_localizer(path: str | Path) -> HeadLocalizer:
         config = payload["config"]
         model = HeadLocalizer(tuple(config["working_size"]), width=int(config["width"]))
         model.load_state_dict(payload["state_dict"])
+        model.held_out = payload.get("held_out")  # absent from version 1 files
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise DataError(f"corrupt femoral-head localiser ({err})", path=source) from err
     return model.eval()
@@ -519,32 +637,82 @@ def _boxed_images(cases: Sequence[Case]) -> Iterator[tuple[np.ndarray, Box, Box]
         yield read_image(path).array, left, right
 
 
+def hold_out_patients(cases: Sequence[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Split cases by patient into (train, held out): ``fraction`` of the patients (at least one), drawn by
+    ``seed``; nothing is held out when there are fewer than five patients."""
+    patients = sorted({case.patient_id for case in cases})
+    if fraction <= 0 or len(patients) < 5:
+        return list(cases), []
+    count = max(1, round(fraction * len(patients)))
+    held = {patients[i] for i in np.random.default_rng(seed).permutation(len(patients))[:count]}
+    return [c for c in cases if c.patient_id not in held], [c for c in cases if c.patient_id in held]
+
+
 def train_localizer_on_manifest(
-    data: str | Path, out: str | Path, *, epochs: int = 30, seed: int = 0, case_ids: set[str] | None = None
+    data: str | Path,
+    out: str | Path,
+    *,
+    epochs: int = 30,
+    seed: int = 0,
+    case_ids: set[str] | None = None,
+    held_out_fraction: float = 0.1,
+    working_size: tuple[int, int] = (128, 160),
 ) -> Path:
     """Fit a :class:`HeadLocalizer` on the ``box_left``/``box_right`` of a dataset and save it atomically.
+
+    A share of the patients is held out; each epoch logs the training loss and the held-out centre error,
+    and the final held-out evaluation is stored with the weights (``predict`` reports it and flags studies
+    on which the localiser is much less confident than on any held-out film).
 
     Args:
         data: Dataset folder.
         out: Weights file to write.
         epochs: Training epochs.
-        seed: Random seed.
+        seed: Random seed (weights, augmentation, which patients are held out).
         case_ids: Restrict training to these cases (e.g. a run's training split).
+        held_out_fraction: Share of the patients held out (none with fewer than five patients).
+        working_size: (height, width) of the network input; multiples of 16.
     """
     from rich.progress import Progress
 
+    log = logging.getLogger("osteoscope")
     manifest = load_manifest(data)
     if "box_left" not in manifest.columns or "box_right" not in manifest.columns:
         raise DataError("the manifest has no box_left/box_right columns to learn from", path=manifest.path)
     cases = [c for c in manifest.cases if case_ids is None or c.case_id in case_ids]
+    train_cases, held_cases = hold_out_patients(cases, held_out_fraction, seed)
+    held_out = list(_boxed_images(held_cases))
+    if not held_out:
+        log.warning("head localiser: no patients held out (fewer than five), so no centre error is measured")
+
+    def report(epoch: int, total: int, loss: float, score: dict[str, float] | None) -> None:
+        bar.update(job, completed=epoch)
+        error = (
+            ""
+            if score is None
+            else (
+                f"  held-out centre error {score['centre_error_px']:.1f} px "
+                f"({100 * score['centre_error_rel']:.1f}% of the head distance)"
+            )
+        )
+        log.info("head localiser epoch %d/%d  loss %.4f%s", epoch, total, loss, error)
+
     with Progress(transient=True) as bar:
         job = bar.add_task("training head localiser", total=epochs)
         model = fit_localizer(
-            _boxed_images(cases),
+            _boxed_images(train_cases),
+            working_size=working_size,
             epochs=epochs,
             seed=seed,
-            progress=lambda epoch, total, loss: bar.update(job, completed=epoch),
+            held_out=held_out,
+            progress=report,
         )
     save_localizer(model, out)
-    logging.getLogger("osteoscope").info("head localiser trained on %d cases, saved to %s", len(cases), out)
+    log.info(
+        "head localiser trained on %d cases, %d cases of %d patients held out; saved to %s",
+        len(train_cases),
+        len(held_cases),
+        len({c.patient_id for c in held_cases}),
+        out,
+    )
     return Path(out)
