@@ -157,12 +157,12 @@ def train(
         raise ConfigError(f"train.schedule must be cosine or constant, got {tc.schedule!r}")
     if not config.data.path:
         raise ConfigError("no dataset given: set data.path (or --data)")
-    data = _data_of(config, run_dir, resume)
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data["path"]))
     name = model_name(config, task)
     torch.manual_seed(tc.seed)
     model = build_checked_model(config, task)  # before any data are read or files written
     initialised = load_init_weights(model, tc.init_from, name) if tc.init_from and not resume else ""
+    data = _data_of(config, run_dir, resume)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data["path"]))
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir / LOG_FILE, verbose=verbose)
     if tc.threads > 0:
