@@ -20,7 +20,7 @@ from torch import nn
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import BilateralRois, side_target
 from osteoscope.data.manifest import Case
-from osteoscope.data.readers import read_image
+from osteoscope.data.readers import check_image, read_image
 from osteoscope.errors import DataError
 from osteoscope.heads import BinaryHead, Head
 from osteoscope.losses import BilateralLoss
@@ -144,7 +144,7 @@ class OnfhXray(Task):
             raise DataError(
                 "no head localiser found: pass --localizer FILE or --box left=... --box right=...", path=path
             )
-        found = locate_heads(load_localizer(path), read_image(case.images["image"]).array)
+        found = locate_heads(load_localizer(path), check_image(read_image(case.images["image"]), ndim=2).array)
         return Case(case.case_id, "", case.images, boxes={"box_left": found["left"], "box_right": found["right"]})
 
 
