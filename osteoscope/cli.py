@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from osteoscope import jsonio
 from osteoscope.errors import OsteoscopeError
 
 app = typer.Typer(
@@ -220,7 +220,7 @@ def predict(
         boxes=boxes,
         files={"localizer": localizer} if localizer else {},
     )
-    typer.echo(json.dumps(results, indent=2))
+    typer.echo(jsonio.dumps(results, indent=2))
 
 
 @localizer_app.command("train")

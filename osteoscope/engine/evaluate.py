@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from osteoscope import jsonio
 from osteoscope.data.datasets import CaseDataset
 from osteoscope.data.manifest import Case
 from osteoscope.engine.inference import Inference, infer
 from osteoscope.engine.runs import Run, check_cases, load_run, load_task_manifest, log, make_cache, report_skipped
 from osteoscope.errors import DataError
-from osteoscope.heads import interval
+from osteoscope.heads import interval, not_estimable
 from osteoscope.report.summary import write_evaluation_report
 
 EVAL_LOG = "evaluations.jsonl"
@@ -136,9 +137,14 @@ def evaluate_run(
             "operating_point": extra_operating,
             **extra.head.evaluate(extra.targets, extra.values, extra.groups, extra_operating, n_boot, seed),
         }
+    if missing := not_estimable({key: result[key] for key in ("overall", "subsets", "extra")}):
+        shown = "; ".join(missing[:4]) + ("; ..." if len(missing) > 4 else "")
+        log.warning(
+            "%d figure(s) cannot be estimated (n/a in the report, null in metrics.json): %s", len(missing), shown
+        )
     result["plots"] = head.plots({run.model_name: (targets, values)}, {run.model_name: result["overall"]}, out)
     _write_predictions(out, run, cases, pred)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / "metrics.json").write_text(jsonio.dumps(result, indent=2))
     write_evaluation_report(result, head, out / "report.md")
     with (run.path / EVAL_LOG).open("a") as handle:
         record = {
@@ -148,7 +154,7 @@ def evaluate_run(
             "n_cases": len(cases),
             "out": str(out),
         }
-        handle.write(json.dumps(record) + "\n")
+        handle.write(jsonio.dumps(record) + "\n")
     log.info(
         "evaluated %d cases (%d patients): %s %s; written to %s",
         result["n_cases"],

@@ -10,7 +10,6 @@ runs it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from osteoscope import jsonio
 from osteoscope.engine.checkpoint import save_atomic
 
 Record = dict[str, Any]
@@ -259,7 +259,7 @@ class History(StatelessHandler):
 
     def epoch_end(self, loop: Loop, record: Record) -> None:
         if is_main_process():
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in loop.state.history))
+            self.path.write_text("".join(jsonio.dumps(r) + "\n" for r in loop.state.history))
 
 
 class EpochLog(StatelessHandler):

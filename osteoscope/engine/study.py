@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from osteoscope import jsonio
 from osteoscope.config import ExperimentConfig, config_from_dict, read_yaml
 from osteoscope.data.splits import load_splits, save_splits, split_patients
 from osteoscope.engine.checkpoint import load_checkpoint
@@ -231,7 +232,7 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
     for name, run_dir in chosen.items():
         cost_file = run_dir / "cost.json"
         if not cost_file.is_file():
-            cost_file.write_text(json.dumps(measure_in_subprocess(run_dir, threads)))
+            cost_file.write_text(jsonio.dumps(measure_in_subprocess(run_dir, threads)))
         costs[name] = json.loads(cost_file.read_text())
     summary = {
         "title": study.title,
@@ -247,7 +248,7 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
         "n_cases": results[study.reference]["n_cases"],
         "n_patients": results[study.reference]["n_patients"],
     }
-    (out / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=float))
+    (out / RESULT_FILE).write_text(jsonio.dumps(summary, indent=2))
     (out / "report.md").write_text(study_report(summary, head, results))
     return summary
 

@@ -6,11 +6,17 @@ binary, multi-class, multi-label and pretext results alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from osteoscope.heads import Head, interval, make_head, markdown_table
+from osteoscope.heads import NOT_ESTIMABLE, Head, interval, make_head, markdown_table
+
+
+def number(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted by ``spec``, or "n/a" when it is None or NaN (a figure that could not be estimated)."""
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
 
 
 def _images(plots: Mapping[str, str], base: Path) -> str:
@@ -59,13 +65,14 @@ def tests_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for c in comparisons:
         mcnemar = c.get("mcnemar")
+        estimable = all(number(c[k]) != "n/a" for k in ("difference", "ci_low", "ci_high"))
         rows.append(
             [
                 f"{c['model']} vs {c['reference']}",
                 c["subset"],
                 f"{c['test']} ({c['metric']})",
-                f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
-                f"{c['p_value']:.3g}",
+                f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if estimable else NOT_ESTIMABLE,
+                number(c["p_value"], ".3g"),
                 "" if mcnemar is None else f"b={mcnemar['b']}, c={mcnemar['c']}, p={mcnemar['p_value']:.3g}",
             ]
         )
@@ -109,7 +116,7 @@ def kfold_report(summary: Mapping[str, Any], head: Head) -> str:
     over = markdown_table(
         ["figure", "mean ± SD over folds", "min", "max"],
         [
-            [name, f"{s['mean']:.3f} ± {s['sd']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}"]
+            [name, f"{number(s['mean'])} ± {number(s['sd'])}", number(s["min"]), number(s["max"])]
             for name, s in summary["folds"].items()
         ],
     )
