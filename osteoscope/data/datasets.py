@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from osteoscope.data.augment import SpatialAugmentation, apply_transforms
 from osteoscope.data.cache import DecodedCache
+from osteoscope.data.fingerprints import record
 from osteoscope.data.manifest import Box, Case
 from osteoscope.data.readers import Image, check_image, read_image
 from osteoscope.data.transforms import (
@@ -66,13 +67,18 @@ def read_case_image(case: Case, column: str, ndim: int | None = None) -> Image:
     """Read the file in ``column`` of a case (array and spacing), or raise a DataError naming case and column.
 
     An image (not a mask) must be ``ndim``-D when given, and usable at all (:func:`check_image`: not tiny,
-    finite, not blank); a mask may be empty.
+    finite, not blank); a mask may be empty. An image's pixel hash is recorded when a
+    :func:`~osteoscope.data.fingerprints.recording` is active (the case check of training and evaluation).
     """
     path = case.images.get(column) or case.masks.get(column)
     if path is None:
         raise DataError(f"no file in column {column}", case_id=case.case_id)
     image = read_image(path)
-    return check_image(image, ndim=ndim) if column in case.images else image
+    if column not in case.images:
+        return image
+    check_image(image, ndim=ndim)
+    record(case.case_id, column, image.array, path)
+    return image
 
 
 def read_array(case: Case, column: str, ndim: int | None = None) -> np.ndarray:
