@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,9 +19,14 @@ from pathlib import Path
 
 import malformed as bad_files
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from osteoscope.cli import main
+from osteoscope.errors import DataError
 from osteoscope.phantoms import generate_phantom
+from osteoscope.tasks.base import StudyInputs
+from osteoscope.tasks.onfh_xray import OnfhXray
 
 TINY_RESNET_3D = {
     "block": "basic",
@@ -191,9 +197,9 @@ def prepared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             path = make(source, corpus / f"{kind}-{name}")
             row = {**base, setting.image_column: str(path), "case_id": f"bad-{kind}-{name}"}
             bad.append(BadCase(f"{kind}-{name}", {**row, "patient_id": f"badp-{kind}-{name}"}, path))
-    for name, boxes in setting.boxes.items():
-        row = {**template, **boxes, "case_id": f"bad-{name}", "patient_id": f"badp-{name}"}
-        bad.append(BadCase(name, row, Path(template[setting.image_column])))
+        for name, boxes in setting.boxes.items():  # a valid image with boxes that do not fit it
+            row = {**base, **boxes, "case_id": f"bad-{kind}-{name}", "patient_id": f"badp-{kind}-{name}"}
+            bad.append(BadCase(f"{kind}-{name}", row, source))
     run = root / "run"
     args = ["train", "--set", f"task={setting.task}", "--data", str(root / "good"), "--epochs", "1"]
     with pytest.MonkeyPatch.context() as patch:
@@ -265,3 +271,59 @@ def test_predict_names_each_bad_file(
     for case in p.bad:
         code, err = run_cli(["predict", str(p.run), *p.setting.predict(case.row, case.file)], capsys, monkeypatch)
         assert_one_line_error(code, err, case)
+
+
+def test_absurd_sizes_fail_before_memory_is_allocated(tmp_path: Path) -> None:
+    """Headers claiming 10^10 pixels are refused from the header: under a 2 GiB address-space limit, reading
+    them must raise the DataError, not a MemoryError (or be killed) from allocating the claimed array."""
+    template = tmp_path / "t.png"
+    bad_files.png_tiny(template, template)
+    dicom = tmp_path / "d.dcm"  # a small valid DICOM, the template of the absurd one
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored = 1, "MONOCHROME2", 16, 16
+    ds.HighBit, ds.PixelRepresentation, ds.PixelData = 15, 0, b"\x00" * 128
+    ds.save_as(dicom, enforce_file_format=True)
+    files = [
+        bad_files.png_absurd_size(template, tmp_path / "huge-png"),
+        bad_files.dicom_absurd_size(dicom, tmp_path / "huge-dicom"),
+        bad_files.nifti_absurd_size(template, tmp_path / "huge-nifti"),
+    ]
+    script = (
+        "import resource, sys\n"
+        "from osteoscope.data.readers import read_image\n"
+        "from osteoscope.errors import DataError\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        read_image(path)\n"
+        "    except DataError as error:\n"
+        "        print(error)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script, *map(str, files)], capture_output=True, text=True, cwd=repo)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(str(f) in line and "claims" in line for f, line in zip(files, lines, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("one-pixel", "only 1 x 1 pixels (x by y): too small"),
+        ("constant", "blank: every pixel has the value 0"),
+        ("volume-as-radiograph", "expected a 2-D image, got a 3-D volume"),
+    ],
+)
+def test_a_radiograph_without_boxes_is_checked_before_the_localiser(name: str, says: str, tmp_path: Path) -> None:
+    """Finding 17: a 1x1 PNG given to onfh-xray predict without boxes (the localiser's path) was reported as
+    "expected a 2-D grey image, got an array of shape (1, 1)"; now the message names the file and the fault,
+    before the localiser is looked for."""
+    image = bad_files.RADIOGRAPH_PNG[name](tmp_path / "x.png", tmp_path / name)
+    with pytest.raises(DataError) as caught:
+        OnfhXray().study_case(StudyInputs({"": image}, {}, {}, {}), tmp_path)
+    assert caught.value.path == str(image) and says in str(caught.value)

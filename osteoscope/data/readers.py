@@ -326,8 +326,13 @@ def _transfer_syntax(ds: Dataset) -> pydicom.uid.UID:
 def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
     """Decode the stored pixels, turning absurd sizes, missing decoders and corrupt data into DataError."""
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        claimed = (frames, int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1))
+        frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+        claimed = (
+            *([frames] if frames > 1 else []),
+            int(ds.Rows),
+            int(ds.Columns),
+            *([samples] if samples > 1 else []),
+        )
     except (AttributeError, TypeError, ValueError) as exc:
         raise DataError(f"DICOM image without a valid size (Rows, Columns): {exc}", path=path) from exc
     _check_claimed_size(claimed, path)

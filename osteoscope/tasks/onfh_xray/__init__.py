@@ -139,12 +139,13 @@ class OnfhXray(Task):
             raise DataError("give both head boxes (--box left=... --box right=...) or neither")
         from osteoscope.tasks.onfh_xray.localizer import load_localizer, locate_heads
 
+        image = check_image(read_image(case.images["image"]), ndim=2)  # a bad radiograph is named as such
         path = Path(inputs.files.get("localizer") or run_dir / LOCALIZER_FILE)
         if not path.is_file():
             raise DataError(
                 "no head localiser found: pass --localizer FILE or --box left=... --box right=...", path=path
             )
-        found = locate_heads(load_localizer(path), check_image(read_image(case.images["image"]), ndim=2).array)
+        found = locate_heads(load_localizer(path), image.array)
         return Case(case.case_id, "", case.images, boxes={"box_left": found["left"], "box_right": found["right"]})
 
 
