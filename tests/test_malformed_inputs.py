@@ -159,6 +159,12 @@ class BadCase:
     name: str
     row: dict[str, str]
     file: Path
+    overrides: dict[str, str]  # the columns that make the row bad (an image, or boxes)
+
+    def on(self, base: dict[str, str], image_column: str) -> BadCase:
+        """The same fault on another dataset's row (an external set holds none of the training images)."""
+        row = {**base, **self.overrides, "case_id": self.row["case_id"], "patient_id": self.row["patient_id"]}
+        return BadCase(self.name, row, Path(row[image_column]), self.overrides)
 
 
 @dataclass
@@ -194,12 +200,12 @@ def prepared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         source = Path(base[setting.image_column])
         kind = "dicom" if base is not template else "file"
         for name, make in makers.items():
-            path = make(source, corpus / f"{kind}-{name}")
-            row = {**base, setting.image_column: str(path), "case_id": f"bad-{kind}-{name}"}
-            bad.append(BadCase(f"{kind}-{name}", {**row, "patient_id": f"badp-{kind}-{name}"}, path))
+            overrides = {setting.image_column: str(make(source, corpus / f"{kind}-{name}"))}
+            row = {**base, **overrides, "case_id": f"bad-{kind}-{name}", "patient_id": f"badp-{kind}-{name}"}
+            bad.append(BadCase(f"{kind}-{name}", row, Path(overrides[setting.image_column]), overrides))
         for name, boxes in setting.boxes.items():  # a valid image with boxes that do not fit it
             row = {**base, **boxes, "case_id": f"bad-{kind}-{name}", "patient_id": f"badp-{kind}-{name}"}
-            bad.append(BadCase(f"{kind}-{name}", row, source))
+            bad.append(BadCase(f"{kind}-{name}", row, source, boxes))
     run = root / "run"
     args = ["train", "--set", f"task={setting.task}", "--data", str(root / "good"), "--epochs", "1"]
     with pytest.MonkeyPatch.context() as patch:
@@ -249,18 +255,19 @@ def test_evaluate_external_set_names_each_bad_case_and_file(
     prepared: Prepared, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = prepared
-    for case in p.bad:
+    bad = [case.on(p.external[0], p.setting.image_column) for case in p.bad]
+    for case in bad:
         data = write_manifest(tmp_path / case.name, [case.row, *p.external])
         args = ["evaluate", str(p.run), "--data", str(data), "--split", "all", "--n-boot", "20"]
         code, err = run_cli([*args, "--out", str(tmp_path / f"eval-{case.name}")], capsys, monkeypatch)
         assert_one_line_error(code, err, case, with_case=case.row["case_id"] + p.setting.case_suffix)
-    data = write_manifest(tmp_path / "mixed", [*(c.row for c in p.bad), *p.external])
+    data = write_manifest(tmp_path / "mixed", [*(c.row for c in bad), *p.external])
     args = ["evaluate", str(p.run), "--data", str(data), "--split", "all", "--n-boot", "20", "--skip-bad"]
     code, err = run_cli([*args, "--out", str(tmp_path / "eval-mixed")], capsys, monkeypatch)
     assert code == 0 and "Traceback" not in err, err
     with (tmp_path / "eval-mixed" / "predictions.csv").open(newline="") as handle:
         scored = {row["case_id"] for row in csv.DictReader(handle)}
-    assert {c.row["case_id"] + p.setting.case_suffix for c in p.bad}.isdisjoint(scored)
+    assert {c.row["case_id"] + p.setting.case_suffix for c in bad}.isdisjoint(scored)
     assert {row["case_id"] for row in p.external} <= {c.removesuffix(p.setting.case_suffix) for c in scored}
 
 
