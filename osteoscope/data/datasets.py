@@ -102,7 +102,9 @@ def read_mask(case: Case, column: str, shape: tuple[int, ...]) -> np.ndarray:
     """A case's mask, which must have the image's ``shape``."""
     mask = read_array(case, column)
     if mask.shape != shape:
-        raise DataError(f"mask {column} has shape {mask.shape}, the image {shape}", case_id=case.case_id)
+        raise DataError(
+            f"mask {column} has shape {mask.shape}, the image {shape}", case_id=case.case_id, path=case.masks[column]
+        )
     return mask
 
 

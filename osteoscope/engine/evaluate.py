@@ -59,12 +59,17 @@ def training_hashes(run: Run) -> dict[str, tuple[str, str, str, str]]:
     """Pixel hash -> (case, split, column, file) of the run's training and validation images.
 
     Read from ``RUN/pixel_hashes.csv``, which training writes while it checks its cases; a run trained
-    before that file existed gets it now, once, by decoding its training and validation images.
+    before that file existed gets it now, once, by decoding its training and validation images (if its
+    training data are gone, only the ids are compared, with a warning).
     """
     path = run.path / HASHES_FILE
     if not path.is_file():
         log.info("hashing the pixels of the run's training and validation images once (%s)", path.name)
-        manifest = load_task_manifest(run.task, run.config.data.path, skip_bad=True)
+        try:
+            manifest = load_task_manifest(run.task, run.config.data.path, skip_bad=True)
+        except DataError as error:
+            log.warning("external images not compared with the training images (%s): %s", path.name, error)
+            return {}
         seen = [case for case in manifest.cases if run.splits.get(case.case_id) in ("train", "val")]
         hashes: Fingerprints = {}
         check_cases(seen, run.task.builder(False, None), skip_bad=True, hashes=hashes)
