@@ -164,11 +164,10 @@ def check_image(image: Image, *, ndim: int | None = None) -> Image:
             f"to diagnose from (each side needs at least {MIN_SIDE})",
             path=path,
         )
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad = int(arr.size - np.count_nonzero(finite))
+    low, high = float(arr.min()), float(arr.max())  # NaN propagates, so two passes find NaN and infinity
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise DataError(f"{bad} of {arr.size} values are NaN or infinite", path=path)
-    low, high = float(arr.min()), float(arr.max())
     if low == high:
         raise DataError(f"the {kind[arr.ndim]} is blank: every pixel has the value {low:g}", path=path)
     return image
