@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError
 from typer.exceptions import TyperException
 
+from osteoscope import jsonio
 from osteoscope.errors import OsteoscopeError
 
 app = typer.Typer(
@@ -256,7 +256,7 @@ def predict(
         files={"localizer": localizer} if localizer else {},
         ood=ood,
     )
-    typer.echo(json.dumps(results, indent=2))
+    typer.echo(jsonio.dumps(results, indent=2))
 
 
 @localizer_app.command("train")

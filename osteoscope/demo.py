@@ -9,7 +9,6 @@ predicted without boxes. Re-running the demo reuses the generated data and resum
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from osteoscope import jsonio
 from osteoscope.data.manifest import MANIFEST_NAME, load_manifest
 from osteoscope.data.splits import load_splits
 from osteoscope.engine.evaluate import load_predictions
@@ -91,9 +91,9 @@ def run_demo(
     cases = load_manifest(data).by_id()
     test_ids = load_predictions(ast_run / "eval-test")["case_id"][:2]
     predictions = predict_images(ast_run, [cases[case].images["image"] for case in test_ids])
-    (out / "predictions_sample.json").write_text(json.dumps(predictions, indent=2))
+    (out / "predictions_sample.json").write_text(jsonio.dumps(predictions, indent=2))
     console.print((out / "report.md").read_text())
     console.print("[bold]predict on two raw test images (heads found by the localiser):[/bold]")
-    console.print_json(json.dumps(predictions))
+    console.print_json(jsonio.dumps(predictions))
     console.print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min; report: {out / 'report.md'}")
     return summary

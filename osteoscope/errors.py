@@ -17,13 +17,13 @@ class DataError(OsteoscopeError):
     """A problem with one case, file or manifest, described in plain words.
 
     Args:
-        message: What is wrong, and where possible what to do about it.
+        message: What is wrong, and where possible what to do about it (line breaks become spaces).
         case_id: The manifest case the problem belongs to, if known.
         path: The file concerned, if any.
     """
 
     def __init__(self, message: str, *, case_id: str | None = None, path: str | Path | None = None) -> None:
-        self.reason = message
+        self.reason = " ".join(message.split())  # one line, even when a library's message has several
         self.case_id = case_id
         self.path = str(path) if path is not None else None
         where = []
@@ -32,7 +32,7 @@ class DataError(OsteoscopeError):
         if self.path is not None:
             where.append(f"file {self.path}")
         prefix = f"{', '.join(where)}: " if where else ""
-        super().__init__(prefix + message)
+        super().__init__(prefix + self.reason)
 
     def with_case(self, case_id: str) -> DataError:
         """Return a copy of this error that also names ``case_id``."""

@@ -8,8 +8,9 @@ plots, the report tables and the columns of ``predictions.csv``. The engine call
 never needs to know which kind of target it is training.
 
 Metric results are nested dicts in which every estimated figure is an interval dict
-``{"estimate", "low", "high", "se", "n_boot", "n_valid"}`` (see :func:`osteoscope.metrics.bootstrap_ci`);
-counts, names and confusion matrices stay plain.
+``{"estimate", "low", "high", "se", "n_boot", "n_valid", "reason"}`` (see :func:`osteoscope.metrics.bootstrap_ci`);
+a figure that cannot be estimated has None there and a ``reason``, and is shown as ``n/a (...)`` by
+:func:`interval`. Counts, names and confusion matrices stay plain.
 """
 
 from __future__ import annotations
@@ -44,9 +45,33 @@ from osteoscope.metrics import (
 Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 
-def interval(value: Mapping[str, float]) -> str:
-    """``0.912 [0.871, 0.948]`` for an interval dict."""
+NOT_ESTIMABLE = "n/a (too few cases)"
+
+
+def interval(value: Mapping[str, Any]) -> str:
+    """``0.912 [0.871, 0.948]`` for an interval dict; ``n/a (reason)`` for an undefined estimate, and
+    :data:`NOT_ESTIMABLE` for an interval from too few cases (never a degenerate number)."""
+    if value["estimate"] is None:
+        return f"n/a ({value['reason']})"
+    if value["low"] is None or value["high"] is None:
+        return NOT_ESTIMABLE
     return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def not_estimable(result: Any, where: str = "") -> list[str]:
+    """``"name: reason"`` for every interval dict in a nested metric result that could not be estimated, so
+    an evaluation can say so in its log (the per-class entries are named by their ``name``)."""
+    if isinstance(result, Mapping):
+        if "estimate" in result and "reason" in result:
+            return [f"{where}: {result['reason']}"] if result["reason"] else []
+        return [line for key, item in result.items() for line in not_estimable(item, f"{where}.{key}".strip("."))]
+    if isinstance(result, list | tuple):
+        return [
+            line
+            for i, item in enumerate(result)
+            for line in not_estimable(item, f"{where}[{item.get('name', i) if isinstance(item, Mapping) else i}]")
+        ]
+    return []
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -415,13 +440,18 @@ class BinaryHead(Head):
         points = {
             f"{name} at threshold": (1 - r["specificity"]["estimate"], r["sensitivity"]["estimate"])
             for name, r in results.items()
+            if r["specificity"]["estimate"] is not None and r["sensitivity"]["estimate"] is not None
         }
-        labelled = {name: (t.astype(int), v) for name, (t, v) in curves.items()}
-        bands = {name: bootstrap_roc_band(t, v, groups=groups) for name, (t, v) in labelled.items()}
-        paths = {
-            f"{prefix}roc": plot_roc(labelled, out_dir / f"{prefix}roc.png", operating_points=points, bands=bands),
-            f"{prefix}pr": plot_precision_recall(labelled, out_dir / f"{prefix}pr.png"),
-        }
+        drawable = {name: (t.astype(int), v) for name, (t, v) in curves.items() if self.evaluable(t)}  # both classes
+        bands = {name: bootstrap_roc_band(t, v, groups=groups) for name, (t, v) in drawable.items()}
+        paths = (
+            {
+                f"{prefix}roc": plot_roc(drawable, out_dir / f"{prefix}roc.png", operating_points=points, bands=bands),
+                f"{prefix}pr": plot_precision_recall(drawable, out_dir / f"{prefix}pr.png"),
+            }
+            if drawable
+            else {}
+        )
         if len(results) == 1:
             ((name, result),) = results.items()
             paths[f"{prefix}confusion"] = plot_confusion_matrix(
@@ -535,14 +565,17 @@ class MulticlassHead(Head):
         paths = {}
         for name, (targets, values) in curves.items():
             tag = f"{prefix}{name}-" if len(curves) > 1 else prefix
-            y = targets.astype(int)
-            paths[f"{tag}roc"] = plot_roc_multiclass(
-                y, values, list(self.names), out_dir / f"{tag}roc.png", title=f"{name}: one vs rest"
-            )
-            per_class = {c: ((y == k).astype(int), values[:, k]) for k, c in enumerate(self.names) if (y == k).any()}
-            paths[f"{tag}pr"] = plot_precision_recall(
-                per_class, out_dir / f"{tag}pr.png", title=f"{name}: precision-recall, one vs rest"
-            )
+            if self.evaluable(targets):  # one-vs-rest curves need two classes
+                y = targets.astype(int)
+                paths[f"{tag}roc"] = plot_roc_multiclass(
+                    y, values, list(self.names), out_dir / f"{tag}roc.png", title=f"{name}: one vs rest"
+                )
+                per_class = {
+                    c: ((y == k).astype(int), values[:, k]) for k, c in enumerate(self.names) if (y == k).any()
+                }
+                paths[f"{tag}pr"] = plot_precision_recall(
+                    per_class, out_dir / f"{tag}pr.png", title=f"{name}: precision-recall, one vs rest"
+                )
             paths[f"{tag}confusion"] = plot_confusion_matrix(
                 results[name]["confusion_matrix"], list(self.names), out_dir / f"{tag}confusion.png", title=name
             )

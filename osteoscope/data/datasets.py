@@ -28,10 +28,12 @@ from torch.utils.data import Dataset
 
 from osteoscope.data.augment import SpatialAugmentation, apply_transforms
 from osteoscope.data.cache import DecodedCache
+from osteoscope.data.fingerprints import record
 from osteoscope.data.manifest import Box, Case, nearest_name
-from osteoscope.data.readers import Image, read_image
+from osteoscope.data.readers import Image, check_image, read_image
 from osteoscope.data.transforms import (
     apply_intensity,
+    box_problem,
     crop,
     draw_intensity_params,
     jitter_box,
@@ -68,24 +70,48 @@ class SampleBuilder(Protocol):
     def __call__(self, case: Case, rng: np.random.Generator | None) -> dict[str, torch.Tensor]: ...
 
 
-def read_case_image(case: Case, column: str) -> Image:
-    """Read the file in ``column`` of a case (array and spacing), or raise a DataError naming case and column."""
+def read_case_image(case: Case, column: str, ndim: int | None = None) -> Image:
+    """Read the file in ``column`` of a case (array and spacing), or raise a DataError naming case and column.
+
+    An image (not a mask) must be ``ndim``-D when given, and usable at all (:func:`check_image`: not tiny,
+    finite, not blank); a mask may be empty. An image's pixel hash is recorded when a
+    :func:`~osteoscope.data.fingerprints.recording` is active (the case check of training and evaluation).
+    """
     path = case.images.get(column) or case.masks.get(column)
     if path is None:
         raise DataError(f"no file in column {column}", case_id=case.case_id)
-    return read_image(path)
+    image = read_image(path)
+    if column not in case.images:
+        return image
+    check_image(image, ndim=ndim)
+    record(case.case_id, column, image.array, path)
+    return image
 
 
-def read_array(case: Case, column: str) -> np.ndarray:
-    """The pixels of the file in ``column`` of a case as float32."""
-    return read_case_image(case, column).array.astype(np.float32, copy=False)
+def read_array(case: Case, column: str, ndim: int | None = None) -> np.ndarray:
+    """The pixels of the file in ``column`` of a case as float32 (checked as :func:`read_case_image` does)."""
+    return read_case_image(case, column, ndim).array.astype(np.float32, copy=False)
+
+
+def case_box(case: Case, column: str, shape: tuple[int, ...], image_column: str = "image") -> Box | None:
+    """The case's box in ``column`` (None when it has none), checked against the image's ``shape``: a box
+    that does not fit (:func:`~osteoscope.data.transforms.box_problem`) is a DataError naming the case, the
+    column and the image file."""
+    box = case.boxes.get(column)
+    problem = None if box is None else box_problem(box, shape)
+    if problem is not None:
+        path = case.images.get(image_column)
+        raise DataError(f"column {column}: {problem}", case_id=case.case_id, path=path)
+    return box
 
 
 def read_mask(case: Case, column: str, shape: tuple[int, ...]) -> np.ndarray:
     """A case's mask, which must have the image's ``shape``."""
     mask = read_array(case, column)
     if mask.shape != shape:
-        raise DataError(f"mask {column} has shape {mask.shape}, the image {shape}", case_id=case.case_id)
+        raise DataError(
+            f"mask {column} has shape {mask.shape}, the image {shape}", case_id=case.case_id, path=case.masks[column]
+        )
     return mask
 
 
@@ -252,10 +278,10 @@ class SingleImage(MaskedImage):
     crop_to_box: bool = True
 
     def decode(self, case: Case) -> Arrays:
-        image = read_array(case, self.image_column)
+        image = read_array(case, self.image_column, ndim=2)
         mask = self.read_mask(case, image.shape)
-        box = case.boxes.get(self.box_column)
-        if self.crop_to_box and box is not None:
+        box = case_box(case, self.box_column, image.shape, self.image_column) if self.crop_to_box else None
+        if box is not None:
             image = crop(image, box, square=True)
             mask = None if mask is None else crop(mask, box, square=True)
         (image,) = robust_normalise([resize(image, self.size)])
@@ -286,10 +312,10 @@ class VolumeWithMask(MaskedImage):
         return tuple(int(min(s, max(1, round(e / voxel)))) for e, s in zip(extent, self.size, strict=True))
 
     def decode(self, case: Case) -> Arrays:
-        image = read_case_image(case, self.image_column)
+        image = read_case_image(case, self.image_column, ndim=3)
         volume = image.array.astype(np.float32, copy=False)
         mask = self.read_mask(case, volume.shape)
-        box = case.boxes.get("box")
+        box = case_box(case, "box", volume.shape, self.image_column)
         if box is not None:
             volume = crop(volume, box)
             mask = None if mask is None else crop(mask, box)
@@ -334,14 +360,15 @@ class MultiProtocol(CachedBuilder):
                 stack.append(np.zeros(self.size, np.float32))
                 present.append(False)
                 continue
-            (array,) = robust_normalise([resize(read_array(case, column), self.size)])
+            (array,) = robust_normalise([resize(read_array(case, column, len(self.size)), self.size)])
             stack.append(array)
             present.append(True)
         if not any(present):
             raise DataError(f"none of the images {', '.join(self.columns)} is present", case_id=case.case_id)
         arrays = {"image": np.stack(stack), "present": np.array(present)}
         if self.target_column is not None:
-            (arrays["target"],) = robust_normalise([resize(read_array(case, self.target_column), self.size)])
+            target = read_array(case, self.target_column, len(self.size))
+            (arrays["target"],) = robust_normalise([resize(target, self.size)])
         return arrays
 
     def assemble(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -432,8 +459,9 @@ class BilateralRois:
 
     def decode(self, case: Case) -> tuple[HeadRegion, HeadRegion]:
         """Both head regions of a case."""
-        left, right = self.boxes(case)
-        image = read_array(case, self.image_column)
+        self.boxes(case)  # a missing box is named before the image is read
+        image = read_array(case, self.image_column, ndim=2)
+        left, right = (case_box(case, column, image.shape, self.image_column) for column in ("box_left", "box_right"))
         return self.head_region(image, left), self.head_region(image, right)
 
     def crop_rois(self, left: HeadRegion, right: HeadRegion) -> tuple[np.ndarray, np.ndarray]:

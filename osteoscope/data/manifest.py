@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from osteoscope.data.readers import missing_reason
 from osteoscope.errors import DataError
 
 MANIFEST_NAME = "manifest.csv"
@@ -242,7 +243,7 @@ def load_manifest(
             _check_filled(case, required_columns, any_of_columns)
             for _, file in case.files():
                 if not file.exists():
-                    raise DataError("file not found", case_id=case.case_id, path=file)
+                    raise DataError(missing_reason(file), case_id=case.case_id, path=file)
         except DataError as error:
             error = error if error.case_id else error.with_case(row["case_id"].strip())
             if not skip_bad:

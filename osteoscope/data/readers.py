@@ -38,10 +38,16 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply
 
 from osteoscope.errors import DataError
 
-__all__ = ["PROJECTION_MODALITIES", "Image", "read_image"]
+__all__ = ["MAX_VOXELS", "MIN_SIDE", "PROJECTION_MODALITIES", "Image", "check_image", "missing_reason", "read_image"]
 
 #: DICOM modalities for which ``read_image(voi=None)`` applies the stored VOI LUT/window.
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "RF", "XA", "MG"})
+#: Largest number of pixels/voxels a file may claim (2 GiB as float32); a larger header is refused before
+#: any pixel is decoded, so a corrupt size field cannot exhaust memory.
+MAX_VOXELS = 2**29
+#: Smallest side, in pixels, of an image a model is given (:func:`check_image`): smaller is no radiograph,
+#: CT or MR but a thumbnail, an icon or a failed export.
+MIN_SIDE = 8
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -94,7 +100,7 @@ def read_image(path: str | Path, *, voi: bool | None = None) -> Image:
     """
     path = Path(path)
     if not path.exists():
-        raise DataError("file not found", path=path)
+        raise DataError(missing_reason(path), path=path)
     if path.is_dir():
         return _read_dicom_series(path, voi)
     try:
@@ -102,6 +108,8 @@ def read_image(path: str | Path, *, voi: bool | None = None) -> Image:
             head = f.read(132)
     except OSError as exc:
         raise DataError(f"cannot read the file: {exc.strerror or exc}", path=path) from exc
+    if not head:
+        raise DataError("the file is empty (0 bytes)", path=path)
 
     name = path.name.lower()
     suffix = path.suffix.lower()
@@ -120,6 +128,51 @@ def read_image(path: str | Path, *, voi: bool | None = None) -> Image:
     raise DataError(f"unsupported file type {suffix!r}; supported: {_SUPPORTED}", path=path)
 
 
+def missing_reason(path: Path) -> str:
+    """Why ``path`` does not exist, in words: a broken symbolic link says where it points."""
+    if path.is_symlink():
+        return f"broken symbolic link (it points to {path.readlink()}, which does not exist)"
+    return "file not found"
+
+
+def _check_claimed_size(shape: tuple[int, ...], path: Path) -> None:
+    """Refuse a header whose size is empty or beyond :data:`MAX_VOXELS`, before anything is decoded."""
+    total = int(np.prod(np.asarray(shape, dtype=np.float64)))
+    size = " x ".join(str(int(n)) for n in shape)
+    if total == 0:
+        raise DataError(f"the header gives an empty image ({size})", path=path)
+    if total > MAX_VOXELS:
+        raise DataError(
+            f"the header claims {size} = {total:.3g} pixels, more than the limit of {MAX_VOXELS:.3g} "
+            "(a corrupt header, or not a single image)",
+            path=path,
+        )
+
+
+def check_image(image: Image, *, ndim: int | None = None) -> Image:
+    """Refuse an image no model can learn from or score, naming its file: the wrong dimensionality (a
+    volume where a radiograph is expected, or the reverse), a side shorter than :data:`MIN_SIDE`, NaN or
+    infinite values, or one constant value everywhere (a blank export). Returns ``image`` unchanged."""
+    arr, path = image.array, image.meta.get("path")
+    kind = {2: "2-D image", 3: "3-D volume"}
+    if ndim is not None and arr.ndim != ndim:
+        raise DataError(f"expected a {kind[ndim]}, got a {kind[arr.ndim]} of shape {arr.shape}", path=path)
+    if min(arr.shape) < MIN_SIDE:
+        size = " x ".join(str(n) for n in arr.shape[::-1])
+        raise DataError(
+            f"the {kind[arr.ndim]} is only {size} pixels (x by y{' by z' if arr.ndim == 3 else ''}): too small "
+            f"to diagnose from (each side needs at least {MIN_SIDE})",
+            path=path,
+        )
+    low, high = float(arr.min()), float(arr.max())  # NaN propagates, so two passes find NaN and infinity
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise DataError(f"{bad} of {arr.size} values are NaN or infinite", path=path)
+    if low == high:
+        raise DataError(f"the {kind[arr.ndim]} is blank: every pixel has the value {low:g}", path=path)
+    return image
+
+
 # --------------------------------------------------------------------------- PNG / JPEG / TIFF
 
 
@@ -132,12 +185,15 @@ def _read_pil(path: Path) -> Image:
     """PNG/JPEG via Pillow; 16-bit grey PNG stays exact (Pillow mode ``I;16``)."""
     try:
         with PILImage.open(path) as pil:
+            _check_claimed_size(pil.size[::-1], path)
             fmt = (pil.format or "").lower()
             mode = pil.mode
             if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 pil = pil.convert("RGBA" if mode in ("P", "PA") else "RGB")
             raw = np.asarray(pil)
-    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
+    except PILImage.DecompressionBombError as exc:
+        raise DataError(f"the header claims an absurd size: {exc}", path=path) from exc
+    except (OSError, ValueError, SyntaxError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot decode the image: {exc}", path=path) from exc
 
     to_grey = raw.ndim == 3
@@ -169,9 +225,12 @@ def _read_tiff(path: Path) -> Image:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            _check_claimed_size(series.shape, path)
             raw = series.asarray()
             axes = series.axes
             photometric = tif.pages[0].photometric
+    except DataError:
+        raise
     except Exception as exc:  # tifffile raises many types (IndexError, ZeroDivisionError) on corrupt files
         raise DataError(f"cannot decode the TIFF image: {exc}", path=path) from exc
 
@@ -214,6 +273,7 @@ def _read_nifti(path: Path) -> Image:
             img = img.slicer[..., 0]
         if img.ndim != 3:
             raise DataError(f"NIfTI of shape {img.shape} is not a 3-D volume", path=path)
+        _check_claimed_size(img.shape, path)
         ornt = ornt_transform(io_orientation(img.affine), axcodes2ornt(("L", "P", "S")))
         img = img.as_reoriented(ornt)
         data = np.asarray(img.get_fdata(dtype=np.float32))
@@ -263,7 +323,18 @@ def _transfer_syntax(ds: Dataset) -> pydicom.uid.UID:
 
 
 def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
-    """Decode the stored pixels, turning missing decoders and corrupt data into DataError."""
+    """Decode the stored pixels, turning absurd sizes, missing decoders and corrupt data into DataError."""
+    try:
+        frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+        claimed = (
+            *([frames] if frames > 1 else []),
+            int(ds.Rows),
+            int(ds.Columns),
+            *([samples] if samples > 1 else []),
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DataError(f"DICOM image without a valid size (Rows, Columns): {exc}", path=path) from exc
+    _check_claimed_size(claimed, path)
     uid = _transfer_syntax(ds)
     try:
         available = get_decoder(uid).is_available
@@ -411,6 +482,8 @@ def _read_dicom_series(folder: Path, voi: bool | None) -> Image:
             ds = pydicom.dcmread(file)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
             continue  # not DICOM (.DS_Store, notes, thumbnails): ignored by design
+        if "Rows" in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
+            raise DataError("a slice of the series has image attributes but no pixel data", path=file)
         if any(k in ds for k in _PIXEL_KEYWORDS):
             series.setdefault(str(ds.get("SeriesInstanceUID", "") or ""), []).append((file, ds))
     if not series:
@@ -443,6 +516,7 @@ def _read_dicom_series(folder: Path, voi: bool | None) -> Image:
     if voi is None:
         voi = _is_projection(first)
 
+    _check_claimed_size((len(slices), int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0)), folder)
     planes = []
     for index in order:
         file, ds = slices[int(index)]

@@ -14,6 +14,32 @@ import torch
 import torch.nn.functional as F
 
 
+def box_problem(box: Sequence[int], shape: Sequence[int]) -> str | None:
+    """What makes ``box`` (``x0 y0 x1 y1`` or ``x0 y0 z0 x1 y1 z1``) unusable on an image of ``shape``
+    ((y, x) or (z, y, x)), in words, or None when it fits.
+
+    A box fits when it has one start and end per image axis, is no larger than the image along any axis,
+    and its centre lies inside the image. It may reach past an edge (a head near the film's border, a
+    jittered box): :func:`crop` pads there. A box that is larger than the image, or centred outside it, was
+    drawn on another image (another resolution, a 2-D box on a volume) and would crop padding.
+    """
+    half = len(box) // 2
+    axes = "xyz"[:half]
+    if half != len(shape):
+        return f"a {half}-D box ({len(box)} numbers) cannot crop a {len(shape)}-D image of shape {tuple(shape)}"
+    extent = tuple(shape)[::-1]  # (x, y[, z]) like the box
+    size = " x ".join(str(n) for n in extent)
+    starts, ends = np.asarray(box[:half], dtype=float), np.asarray(box[half:], dtype=float)
+    for axis, lo, hi, n in zip(axes, starts, ends, extent, strict=True):
+        if hi - lo > n:
+            return f"the box is {hi - lo:g} pixels along {axis}, larger than the image ({size} pixels)"
+    centre = (starts + ends) / 2
+    if np.any(centre < 0) or np.any(centre > np.asarray(extent)):
+        where = ", ".join(f"{c:g}" for c in centre)
+        return f"the box's centre ({where}) lies outside the image ({size} pixels)"
+    return None
+
+
 def crop(array: np.ndarray, box: Sequence[int], *, square: bool = False) -> np.ndarray:
     """Crop a 2-D (``x0 y0 x1 y1``) or 3-D (``x0 y0 z0 x1 y1 z1``) box, padding with the edge value outside.
 

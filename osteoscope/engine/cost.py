@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from osteoscope import jsonio
 from osteoscope.data.datasets import CaseDataset
 from osteoscope.engine.inference import forward, model_inputs
 from osteoscope.engine.runs import BEST_CHECKPOINT, HISTORY_FILE, load_run, load_task_manifest
@@ -126,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    print(json.dumps(measure(args.run)))
+    print(jsonio.dumps(measure(args.run)))
 
 
 if __name__ == "__main__":

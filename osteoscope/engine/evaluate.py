@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from osteoscope import jsonio
 from osteoscope.config import config_to_dict
 from osteoscope.data.datasets import CaseDataset
+from osteoscope.data.fingerprints import HASHES_FILE, Fingerprints, load_hashes, save_hashes
 from osteoscope.data.manifest import Case
 from osteoscope.engine.inference import Inference, infer
 from osteoscope.engine.loop import read_history, track_evaluation
@@ -42,7 +44,7 @@ from osteoscope.engine.runs import (
     report_skipped,
 )
 from osteoscope.errors import DataError
-from osteoscope.heads import figures, interval
+from osteoscope.heads import figures, interval, not_estimable
 from osteoscope.report.card import MODEL_CARD, write_model_card
 from osteoscope.report.summary import evaluation_context, example_cases, write_evaluation_report
 
@@ -53,7 +55,8 @@ PREDICTIONS = "predictions.npz"
 def select_cases(run: Run, cases: Sequence[Case], split: str) -> list[Case]:
     """The cases to evaluate: one split of the run's own data, or ``all`` cases of an external dataset.
 
-    An external case that the run trained or validated on is an error naming that case.
+    An external case that the run trained or validated on is an error naming that case; the same images under
+    new ids are found after decoding, by :func:`refuse_training_images`.
     """
     if split != "all":
         chosen = [case for case in cases if run.splits.get(case.case_id) == split]
@@ -67,6 +70,49 @@ def select_cases(run: Run, cases: Sequence[Case], split: str) -> list[Case]:
         if case.case_id in seen:
             raise DataError("this case was used for training or validation of the run", case_id=case.case_id)
     return list(cases)
+
+
+def training_hashes(run: Run) -> dict[str, tuple[str, str, str, str]]:
+    """Pixel hash -> (case, split, column, file) of the run's training and validation images.
+
+    Read from ``RUN/pixel_hashes.csv``, which training writes while it checks its cases; a run trained
+    before that file existed gets it now, once, by decoding its training and validation images (if its
+    training data are gone, only the ids are compared, with a warning).
+    """
+    path = run.path / HASHES_FILE
+    if not path.is_file():
+        log.info("hashing the pixels of the run's training and validation images once (%s)", path.name)
+        try:
+            manifest = load_task_manifest(run.task, run.config.data.path, skip_bad=True)
+        except DataError as error:
+            log.warning("external images not compared with the training images (%s): %s", path.name, error)
+            return {}
+        seen = [case for case in manifest.cases if run.splits.get(case.case_id) in ("train", "val")]
+        hashes: Fingerprints = {}
+        check_cases(seen, run.task.builder(False, None), skip_bad=True, hashes=hashes)
+        save_hashes(path, hashes, {case.case_id: run.splits[case.case_id] for case in seen})
+    return load_hashes(path)
+
+
+def refuse_training_images(run: Run, cases: Sequence[Case], hashes: Fingerprints) -> None:
+    """Refuse an external set holding an image the run trained or validated on, under whatever ids: a
+    DataError names the first such external case and file, the training case and file, and the count."""
+    known = training_hashes(run)
+    repeats = [
+        (case.case_id, file, known[digest])
+        for case in cases
+        for digest, file in hashes.get(case.case_id, {}).values()
+        if digest in known
+    ]
+    if repeats:
+        case_id, file, (train_id, part, _, train_file) = repeats[0]
+        more = f"; {len(repeats)} external image(s) in all repeat the run's images" if len(repeats) > 1 else ""
+        raise DataError(
+            f"its pixels are identical to those of {train_id!r}, a {part} case of the run (file {train_file}): "
+            f"not an external test{more}",
+            case_id=case_id,
+            path=file,
+        )
 
 
 def evaluate_run(
@@ -100,7 +146,10 @@ def evaluate_run(
     data = data or run.data_path()
     manifest = load_task_manifest(task, data, skip_bad=skip_bad)
     builder = task.builder(False, make_cache(run.config))
-    cases, bad = check_cases(select_cases(run, manifest.cases, split), builder, skip_bad=skip_bad)
+    hashes: Fingerprints = {}
+    cases, bad = check_cases(select_cases(run, manifest.cases, split), builder, skip_bad=skip_bad, hashes=hashes)
+    if split == "all":
+        refuse_training_images(run, cases, hashes)
     report_skipped([*manifest.skipped, *bad])
     previous = _count_evaluations(run.path, split)
     if split == "test" and previous:
@@ -159,12 +208,17 @@ def evaluate_run(
             "operating_point": extra_operating,
             **extra.head.evaluate(extra.targets, extra.values, extra.groups, extra_operating, n_boot, seed),
         }
+    if missing := not_estimable({key: result[key] for key in ("overall", "subsets", "extra")}):
+        shown = "; ".join(missing[:4]) + ("; ..." if len(missing) > 4 else "")
+        log.warning(
+            "%d figure(s) cannot be estimated (n/a in the report, null in metrics.json): %s", len(missing), shown
+        )
     result["plots"] = head.plots(
         {run.model_name: (targets, values)}, {run.model_name: result["overall"]}, out, groups=groups[known]
     )
     result.update(evaluation_context(task, manifest.path, manifest.cases, run.splits, split, targets, values))
     _write_predictions(out, run, cases, pred)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / "metrics.json").write_text(jsonio.dumps(result, indent=2))
     config = config_to_dict(run.config)
     examples = example_cases(head, scored, targets, values, operating, lambda case: builder(case, None), out)
     history = read_history(run.path / HISTORY_FILE)
@@ -177,7 +231,7 @@ def evaluate_run(
             "n_cases": len(cases),
             "out": str(out),
         }
-        handle.write(json.dumps(record) + "\n")
+        handle.write(jsonio.dumps(record) + "\n")
     if split != "val":  # a validation-split evaluation is a diagnostic: no card entry, and no val_* clash
         write_model_card(run.path / MODEL_CARD, task, config, _evaluations(run.path))
         tracked = figures(result["overall"], "external" if split == "all" else split)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from osteoscope import jsonio
 from osteoscope.config import ExperimentConfig
 from osteoscope.data.splits import kfold_patients, split_patients
 from osteoscope.engine.evaluate import evaluate_run, load_predictions
@@ -100,7 +101,7 @@ def cross_validate(
         "operating_point": operating,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / KFOLD_FILE).write_text(json.dumps(summary, indent=2, default=float))
+    (out / KFOLD_FILE).write_text(jsonio.dumps(summary, indent=2))
     write_report(kfold_report(summary, head), out / "report.md", f"{k}-fold cross-validation of {summary['model']}")
     log.info(
         "k-fold: %s pooled %s; fold mean %.4f ± %.4f",

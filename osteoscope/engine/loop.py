@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from osteoscope import jsonio
 from osteoscope.engine.checkpoint import save_atomic
 
 Record = dict[str, Any]
@@ -268,7 +269,7 @@ class History(StatelessHandler):
 
     def epoch_end(self, loop: Loop, record: Record) -> None:
         if is_main_process():
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in loop.state.history))
+            self.path.write_text("".join(jsonio.dumps(r) + "\n" for r in loop.state.history))
 
 
 def read_history(path: Path) -> list[Record]:

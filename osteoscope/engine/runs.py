@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Sampler
 from osteoscope.config import ExperimentConfig, load_config
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import CaseDataset, SampleBuilder
+from osteoscope.data.fingerprints import Fingerprints, recording
 from osteoscope.data.manifest import Case, Manifest, SkippedCase, load_manifest, manifest_path
 from osteoscope.data.profile import evenly_spaced, input_profile
 from osteoscope.data.splits import load_splits
@@ -97,17 +98,24 @@ def make_cache(config: ExperimentConfig) -> DecodedCache:
 
 
 def check_cases(
-    cases: Sequence[Case], builder: SampleBuilder, *, skip_bad: bool, progress: Callable[[int], None] | None = None
+    cases: Sequence[Case],
+    builder: SampleBuilder,
+    *,
+    skip_bad: bool,
+    progress: Callable[[int], None] | None = None,
+    hashes: Fingerprints | None = None,
 ) -> tuple[list[Case], list[SkippedCase]]:
     """Build every case once so bad files fail now, with their case named, not mid-training.
 
     With a caching builder this also fills the cache, so the first epoch does not decode again. With
-    ``skip_bad`` bad cases are returned separately instead of raising.
+    ``skip_bad`` bad cases are returned separately instead of raising. ``hashes`` collects the pixel hash of
+    every image read (:mod:`osteoscope.data.fingerprints`), at no extra decoding.
     """
     good, bad = [], []
     for i, case in enumerate(cases):
         try:
-            builder(case, None)
+            with recording({} if hashes is None else hashes):
+                builder(case, None)
             good.append(case)
         except DataError as error:
             error = error if error.case_id else error.with_case(case.case_id)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from osteoscope import jsonio
 from osteoscope.config import ExperimentConfig, config_from_dict, read_yaml
 from osteoscope.data.manifest import manifest_path
 from osteoscope.data.splits import load_splits, save_splits, split_patients
@@ -248,7 +249,7 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
     for name, run_dir in chosen.items():
         cost_file = run_dir / "cost.json"
         if not cost_file.is_file():
-            cost_file.write_text(json.dumps(measure_in_subprocess(run_dir, threads)))
+            cost_file.write_text(jsonio.dumps(measure_in_subprocess(run_dir, threads)))
         costs[name] = json.loads(cost_file.read_text())
     summary = {
         "title": study.title,
@@ -266,7 +267,7 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
         "provenance": provenance(manifest_path(run_config(study, study.reference, study.grid()[0]).data.path)),
         "plots": study_plots(chosen, results, head, out),
     }
-    (out / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=float))
+    (out / RESULT_FILE).write_text(jsonio.dumps(summary, indent=2))
     histories = {name: read_history(run_dir / HISTORY_FILE) for name, run_dir in chosen.items()}
     write_report(study_report(summary, head, results, histories, out), out / "report.md", summary["title"])
     return summary

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from osteoscope.config import ExperimentConfig, config_to_dict, load_config, save_config
 from osteoscope.data.datasets import CaseDataset
+from osteoscope.data.fingerprints import HASHES_FILE, Fingerprints, save_hashes
 from osteoscope.data.splits import check_patient_leakage, load_splits, save_splits, split_patients
 from osteoscope.engine.checkpoint import load_checkpoint, save_atomic
 from osteoscope.engine.inference import Inference, forward, infer, to_device
@@ -190,14 +191,20 @@ def train(
         log.info("%s", others)
     cache = make_cache(config)
     eval_builder = task.builder(False, cache)
+    hashes: Fingerprints = {}
     with progress_bar() as bar:
         job = bar.add_task("checking cases", total=len(manifest.cases), status="")
         cases, bad = check_cases(
-            manifest.cases, eval_builder, skip_bad=config.data.skip_bad, progress=lambda i: bar.update(job, completed=i)
+            manifest.cases,
+            eval_builder,
+            skip_bad=config.data.skip_bad,
+            progress=lambda i: bar.update(job, completed=i),
+            hashes=hashes,
         )
     report_skipped([*manifest.skipped, *bad])
     assignment, source = _assign_splits(config, task, cases, run_dir, resume, splits)
     cases = [case for case in cases if case.case_id in assignment]
+    save_hashes(run_dir / HASHES_FILE, hashes, {k: v for k, v in assignment.items() if v != "test"})
     parts = {name: [c for c in cases if assignment[c.case_id] == name] for name in ("train", "val", "test")}
     log.info("split from %s: %s", source, "; ".join(split_counts(task, k, v) for k, v in parts.items()))
     for warning in [*check_splits(task, parts, source), *task.check(cases)]:

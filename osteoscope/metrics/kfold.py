@@ -20,8 +20,9 @@ __all__ = ["aggregate_folds", "pooled_binary_metrics"]
 
 
 def _is_scalar_number(value: Any) -> bool:
-    """True for real numbers (including numpy scalars), False for bools, lists, strings and None."""
-    return isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
+    """True for real numbers (including numpy scalars) and None (a figure that could not be estimated), False
+    for bools, lists and strings."""
+    return value is None or (isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_))
 
 
 def aggregate_folds(fold_metrics: Sequence[dict[str, Any]], pooled: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -34,7 +35,8 @@ def aggregate_folds(fold_metrics: Sequence[dict[str, Any]], pooled: dict[str, An
 
     Returns:
         ``{metric: {"mean", "sd", "min", "max", "n_folds"}}`` plus ``"pooled"`` when given. Folds where a
-        metric is NaN (undefined) are skipped for it and ``n_folds`` counts the folds used; SD needs two.
+        metric is NaN or None (undefined) are skipped for it and ``n_folds`` counts the folds used; SD needs
+        two, and a figure no fold defines is NaN.
 
     Raises:
         ValueError: when there are no folds or a scalar metric is missing from some fold.
@@ -49,7 +51,7 @@ def aggregate_folds(fold_metrics: Sequence[dict[str, Any]], pooled: dict[str, An
             raise ValueError(f"fold {i} has different scalar metrics than fold 0: missing {missing}, extra {extra}")
     summary: dict[str, Any] = {}
     for name in names:
-        values = np.array([float(fold[name]) for fold in fold_metrics])
+        values = np.array([math.nan if fold[name] is None else float(fold[name]) for fold in fold_metrics])
         values = values[~np.isnan(values)]
         n = int(values.size)
         summary[name] = {

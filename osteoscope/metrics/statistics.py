@@ -3,6 +3,11 @@
 Every bootstrap resample is represented as a vector of case multiplicities (how often each case was drawn),
 so case, stratified and cluster (group) resampling share one code path and the built-in metrics are computed
 for a whole block of replicates with matrix operations instead of a Python loop.
+
+A figure that cannot be estimated is ``None``, never NaN, with a ``reason`` (see :func:`bootstrap_ci`): the
+estimate when the metric is undefined on the data (AUC with one class), the interval when it rests on too few
+resampling units (:data:`MIN_INTERVAL_UNITS` in all, :data:`MIN_UNITS_PER_CLASS` of each class present) or
+when most replicates leave the metric undefined (:data:`MIN_VALID_SHARE`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from osteoscope.metrics.multiclass import check_multiclass_inputs, multiclass_me
 from osteoscope.metrics.multilabel import check_multilabel_inputs, multilabel_metrics
 
 __all__ = [
+    "MIN_INTERVAL_UNITS",
+    "MIN_UNITS_PER_CLASS",
+    "MIN_VALID_SHARE",
     "bootstrap_ci",
     "bootstrap_metrics",
     "bootstrap_multiclass",
@@ -34,6 +42,26 @@ __all__ = [
 
 # Cap on the number of matrix cells (replicates x cases) held in memory at once.
 _BLOCK_CELLS = 2_000_000
+
+#: Fewest resampling units (patients, or cases without groups) from which an interval is reported: the
+#: bootstrap of fewer has so few distinct resamples that its percentiles say nothing.
+MIN_INTERVAL_UNITS = 10
+#: Fewest units of each class present (strata, e.g. positive and negative patients) for an interval: a class
+#: of one patient is the same patient in every stratified replicate.
+MIN_UNITS_PER_CLASS = 2
+#: Smallest share of replicates in which the metric must be defined for its interval to be reported.
+MIN_VALID_SHARE = 0.5
+
+#: Why each binary metric can be undefined on a set of cases.
+_BINARY_UNDEFINED = {
+    "auc": "only one class among the cases",
+    "sensitivity": "no positive cases",
+    "specificity": "no negative cases",
+    "precision": "no case called positive",
+    "npv": "no case called negative",
+    "f1": "no positive cases and none called positive",
+    "accuracy": "no cases",
+}
 
 _THRESHOLD_METRICS = ("sensitivity", "specificity", "precision", "npv", "f1", "accuracy")
 
@@ -172,22 +200,52 @@ def _threshold_rates(w: np.ndarray, y: np.ndarray, s: np.ndarray, threshold: flo
     return rates_from_counts(tp, fp, fn, tn)
 
 
-def _summarise(estimate: float, replicates: np.ndarray, confidence: float) -> dict:
-    """Percentile interval from replicates, dropping (and counting) NaN ones."""
+def too_few_units(strata: ArrayLike, groups: ArrayLike | None) -> str | None:
+    """Why no interval can be estimated from these cases, or None: fewer than :data:`MIN_INTERVAL_UNITS`
+    resampling units (patients when ``groups`` is given, else cases), or a class present with fewer than
+    :data:`MIN_UNITS_PER_CLASS` units (a unit's class is its highest stratum, as in the resampling)."""
+    _, unit_stratum = _units(np.asarray(strata).astype(np.int64), groups)
+    unit = "patient" if groups is not None else "case"
+    n = unit_stratum.shape[0]
+    classes, counts = np.unique(unit_stratum, return_counts=True)
+    rule = f"an interval needs {MIN_INTERVAL_UNITS} {unit}s, and {MIN_UNITS_PER_CLASS} of each class present"
+    if n < MIN_INTERVAL_UNITS:
+        return f"too few cases: {n} {unit}{'s' * (n != 1)} ({rule})"
+    if counts.min() < MIN_UNITS_PER_CLASS:
+        thin = ", ".join(f"class {c}: {k}" for c, k in zip(classes, counts, strict=True) if k < MIN_UNITS_PER_CLASS)
+        return f"too few cases: {thin} {unit}(s) ({rule})"
+    return None
+
+
+def _summarise(
+    estimate: float, replicates: np.ndarray, confidence: float, too_few: str | None = None, undefined: str = ""
+) -> dict:
+    """Percentile interval from replicates, dropping (and counting) NaN ones.
+
+    An estimate that is NaN becomes None with the reason ``undefined``; the interval (and SE) becomes None
+    with a reason when ``too_few`` says so or fewer than :data:`MIN_VALID_SHARE` of the replicates are valid.
+    """
     valid = replicates[~np.isnan(replicates)]
     alpha = 1.0 - confidence
-    if valid.size:
-        low, high = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
-        se = float(valid.std(ddof=1)) if valid.size > 1 else float("nan")
-    else:
-        low = high = se = float("nan")
+    reason = None
+    if np.isnan(estimate):
+        reason = undefined or "not defined on these cases"
+    elif too_few is not None:
+        reason = too_few
+    elif valid.size < MIN_VALID_SHARE * replicates.size:
+        reason = f"too few cases: defined in only {valid.size} of {replicates.size} bootstrap replicates"
+    low = high = se = None
+    if reason is None:
+        low, high = (float(q) for q in np.quantile(valid, [alpha / 2, 1 - alpha / 2]))
+        se = float(valid.std(ddof=1)) if valid.size > 1 else None
     return {
-        "estimate": float(estimate),
-        "low": float(low),
-        "high": float(high),
+        "estimate": None if np.isnan(estimate) else float(estimate),
+        "low": low,
+        "high": high,
         "se": se,
         "n_boot": int(replicates.size),
         "n_valid": int(valid.size),
+        "reason": reason,
     }
 
 
@@ -219,7 +277,9 @@ def bootstrap_ci(
 
     Returns:
         ``estimate`` (metric on the full data), ``low``, ``high``, ``se`` (standard deviation of the valid
-        replicates), ``n_boot`` and ``n_valid`` (replicates where the metric was not NaN).
+        replicates), ``n_boot``, ``n_valid`` (replicates where the metric was not NaN) and ``reason``: None,
+        or why ``estimate`` (undefined on the data) or ``low``/``high``/``se`` (too few units, see
+        :func:`too_few_units`, or too few valid replicates) are None.
     """
     _check_bootstrap_args(n_boot, confidence)
     y, s = check_binary_inputs(y_true, y_score)
@@ -236,7 +296,9 @@ def bootstrap_ci(
                 idx = np.repeat(cases, row)
                 values[i] = float(metric(y[idx], s[idx]))
             parts.append(values)
-    return _summarise(estimate, np.concatenate(parts), confidence)
+    too_few = too_few_units(y if stratify else np.zeros_like(y), groups)
+    undefined = _BINARY_UNDEFINED["auc"] if metric is roc_auc else ""
+    return _summarise(estimate, np.concatenate(parts), confidence, too_few, undefined)
 
 
 def bootstrap_metrics(
@@ -271,7 +333,11 @@ def bootstrap_metrics(
         for name, values in _threshold_rates(w, y, s, threshold).items():
             collected[name].append(values)
     estimates = {"auc": roc_auc(y, s), **{name: float(full[name][0]) for name in _THRESHOLD_METRICS}}
-    return {name: _summarise(estimates[name], np.concatenate(collected[name]), confidence) for name in names}
+    too_few = too_few_units(y if stratify else np.zeros_like(y), groups)
+    return {
+        name: _summarise(estimates[name], np.concatenate(collected[name]), confidence, too_few, _BINARY_UNDEFINED[name])
+        for name in names
+    }
 
 
 def _float_leaves(result: Any) -> list[float]:
@@ -306,6 +372,7 @@ def bootstrap_structured(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    undefined: str = "",
 ) -> Any:
     """Bootstrap intervals for every float in a metric function's nested result, from one set of resamples.
 
@@ -324,10 +391,11 @@ def bootstrap_structured(
         groups: Optional cluster id per case (e.g. patient id); whole groups are resampled and a group's
             stratum is the maximum of its cases' strata.
         n_boot, confidence, seed: As in ``bootstrap_ci``.
+        undefined: Why a figure may be undefined on the data (the ``reason`` of a NaN estimate).
 
     Returns:
         ``metric(y_true, y_score)`` with every float replaced by the dictionary of ``bootstrap_ci``
-        (``estimate``, ``low``, ``high``, ``se``, ``n_boot``, ``n_valid``).
+        (``estimate``, ``low``, ``high``, ``se``, ``n_boot``, ``n_valid``, ``reason``).
     """
     _check_bootstrap_args(n_boot, confidence)
     y, s = np.asarray(y_true), np.asarray(y_score)
@@ -348,7 +416,8 @@ def bootstrap_structured(
             idx = np.repeat(cases, row)
             replicates.append(_float_leaves(metric(y[idx], s[idx])))
     columns = np.asarray(replicates, dtype=np.float64).reshape(len(replicates), len(estimates))
-    summaries = (_summarise(est, columns[:, j], confidence) for j, est in enumerate(estimates))
+    too_few = too_few_units(case_strata, groups)
+    summaries = (_summarise(est, columns[:, j], confidence, too_few, undefined) for j, est in enumerate(estimates))
     return _replace_floats(full, summaries)
 
 
@@ -378,6 +447,7 @@ def bootstrap_multiclass(
         n_boot=n_boot,
         confidence=confidence,
         seed=seed,
+        undefined="a class has no cases among them",
     )
 
 
@@ -407,6 +477,7 @@ def bootstrap_multilabel(
         n_boot=n_boot,
         confidence=confidence,
         seed=seed,
+        undefined="a label has no positive cases among them",
     )
     result["threshold"] = float(threshold)
     return result
@@ -433,7 +504,8 @@ def paired_bootstrap_test(
     Returns:
         ``a``, ``b`` and ``difference`` on the full data, the percentile interval ``ci_low``/``ci_high`` of
         the difference, ``p_value`` (two-sided: twice the smaller share of valid replicates on either side of
-        zero, with the +1 correction so it is never 0), ``n_boot`` and ``n_valid``.
+        zero, with the +1 correction so it is never 0), ``n_boot``, ``n_valid`` and ``reason``: as in
+        :func:`bootstrap_ci`, the interval and p value are None, with the reason, when they cannot be estimated.
     """
     _check_bootstrap_args(n_boot, confidence)
     y, a, b = np.asarray(y_true), np.asarray(score_a), np.asarray(score_b)
@@ -449,21 +521,21 @@ def paired_bootstrap_test(
     replicates = np.asarray(diffs, dtype=np.float64)
     valid = replicates[~np.isnan(replicates)]
     metric_a, metric_b = float(metric(y, a)), float(metric(y, b))
-    summary = _summarise(metric_a - metric_b, replicates, confidence)
-    if valid.size:
+    summary = _summarise(metric_a - metric_b, replicates, confidence, too_few_units(case_strata, groups))
+    p_value = None
+    if summary["reason"] is None:
         tail = min(np.sum(valid <= 0), np.sum(valid >= 0))
-        p_value = min(1.0, 2 * (tail + 1) / (valid.size + 1))
-    else:
-        p_value = float("nan")
+        p_value = float(min(1.0, 2 * (tail + 1) / (valid.size + 1)))
     return {
         "a": metric_a,
         "b": metric_b,
-        "difference": metric_a - metric_b,
+        "difference": summary["estimate"],
         "ci_low": summary["low"],
         "ci_high": summary["high"],
-        "p_value": float(p_value),
+        "p_value": p_value,
         "n_boot": summary["n_boot"],
         "n_valid": summary["n_valid"],
+        "reason": summary["reason"],
     }
 
 

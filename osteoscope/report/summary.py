@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from osteoscope import __version__
-from osteoscope.heads import Head, interval, make_head, markdown_table
+from osteoscope.heads import NOT_ESTIMABLE, Head, interval, make_head, markdown_table
 from osteoscope.report.html import write_report
 
 if TYPE_CHECKING:
@@ -177,6 +178,11 @@ def example_cases(
     return "\n\n".join(parts)
 
 
+def number(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted by ``spec``, or "n/a" when it is None or NaN (a figure that could not be estimated)."""
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
+
+
 def _images(plots: Mapping[str, str], base: Path) -> str:
     """Markdown image links to plots, relative to the report's folder where possible."""
     lines = []
@@ -261,13 +267,14 @@ def tests_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for c in comparisons:
         mcnemar = c.get("mcnemar")
+        estimable = all(number(c[k]) != "n/a" for k in ("difference", "ci_low", "ci_high"))
         rows.append(
             [
                 f"{c['model']} vs {c['reference']}",
                 c["subset"],
                 f"{c['test']} ({c['metric']})",
-                f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
-                f"{c['p_value']:.3g}",
+                f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if estimable else NOT_ESTIMABLE,
+                number(c["p_value"], ".3g"),
                 "" if mcnemar is None else f"b={mcnemar['b']}, c={mcnemar['c']}, p={mcnemar['p_value']:.3g}",
             ]
         )
@@ -311,7 +318,7 @@ def kfold_report(summary: Mapping[str, Any], head: Head) -> str:
     over = markdown_table(
         ["figure", "mean ± SD over folds", "min", "max"],
         [
-            [name, f"{s['mean']:.3f} ± {s['sd']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}"]
+            [name, f"{number(s['mean'])} ± {number(s['sd'])}", number(s["min"]), number(s["max"])]
             for name, s in summary["folds"].items()
         ],
     )

@@ -20,7 +20,7 @@ from torch import nn
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import BilateralRois, side_target
 from osteoscope.data.manifest import Box, Case
-from osteoscope.data.readers import read_image
+from osteoscope.data.readers import check_image, read_image
 from osteoscope.errors import DataError
 from osteoscope.heads import BinaryHead, Head
 from osteoscope.losses import BilateralLoss
@@ -175,15 +175,15 @@ class OnfhXray(Task):
             raise DataError("give both head boxes (--box left=... --box right=...) or neither")
         from osteoscope.tasks.onfh_xray.localizer import confidence_floor, find_heads, implausible_heads, load_localizer
 
+        image = check_image(read_image(case.images["image"]), ndim=2)  # a bad radiograph is named as such
         path = Path(inputs.files.get("localizer") or run_dir / LOCALIZER_FILE)
         if not path.is_file():
             raise DataError(
                 "no head localiser found: pass --localizer FILE or --box left=... --box right=...", path=path
             )
         localizer = load_localizer(path)
-        image = read_image(case.images["image"]).array
-        heads = find_heads(localizer, image)
-        problems = implausible_heads(heads, image.shape)
+        heads = find_heads(localizer, image.array)
+        problems = implausible_heads(heads, image.array.shape)
         if problems:
             raise DataError(
                 f"the femoral-head localiser ({path}) found no plausible pair of heads: {'; '.join(problems)}; "
