@@ -340,4 +340,5 @@ def main() -> None:
         text, code = usage_error(error)
         typer.echo(text, err=code != 0)
         sys.exit(code)
-    sys.exit(code if isinstance(code, int) else 0)
+    if isinstance(code, int) and code:  # a command's own exit code; success returns normally
+        sys.exit(code)

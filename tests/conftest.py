@@ -17,7 +17,7 @@ def tiny_evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny femur run on phantom data, through the CLI: trained 2 epochs with ``--mlflow`` to a local store
     (``RUN/../mlruns``), then evaluated on its test patients. Serves the report and tracking tests."""
     root = tmp_path_factory.mktemp("tiny-run")
-    generate_phantom("femur-fracture-xray", root / "data", n=40, seed=0, subtlety=0.0, image_size=(96, 64))
+    generate_phantom("femur-fracture-xray", root / "data", n=120, seed=0, subtlety=0.0, image_size=(96, 64))
     config = {
         "task": "femur-fracture-xray",
         "data": {"path": str(root / "data"), "options": {"size": [32, 32], "crop_to_box": True}},
