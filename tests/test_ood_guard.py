@@ -21,6 +21,7 @@ from osteoscope.data.manifest import load_manifest
 from osteoscope.data.profile import input_profile, profile_problems
 from osteoscope.engine.predict import predict_images
 from osteoscope.engine.trainer import train
+from osteoscope.errors import DataError
 from osteoscope.phantoms import generate_phantom
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -116,8 +117,9 @@ def test_dicom_of_another_modality_or_body_part(run: Path, name: str, reason: st
 
 @pytest.mark.realdata
 def test_a_ct_volume_for_a_radiograph_task(run: Path) -> None:
-    result = _predict(run, shared(CT_VOLUME), (112, 101))
-    assert "image: a 3-D image, but the model was trained on 2-D images" in result["ood"]["reasons"]
+    """A wrong dimensionality is a bad input (an error naming the file), found before the guard runs."""
+    with pytest.raises(DataError, match=r"example_ct\.nii\.gz: expected a 2-D image, got a 3-D volume"):
+        _predict(run, shared(CT_VOLUME), (112, 101))
 
 
 @pytest.mark.realdata

@@ -50,6 +50,11 @@ def predict_study(run: Run, inputs: StudyInputs, *, ood: str = "refuse") -> dict
     if ood not in OOD_MODES:
         raise ConfigError(f"--ood must be one of {', '.join(OOD_MODES)}, got {ood!r}")
     case = task.study_case(inputs, run.path)
+    # a file that cannot be read or a box that does not fit is an error, before the guard judges the image
+    try:
+        sample = task.builder(False, None)(case, None)
+    except DataError as error:
+        raise DataError(error.reason, path=error.path or next(iter(case.images.values()), None)) from None
     profile = run.record.get("input_profile")
     reasons = task.check_study(case, profile)
     result: dict[str, Any] = {
@@ -68,10 +73,6 @@ def predict_study(run: Run, inputs: StudyInputs, *, ood: str = "refuse") -> dict
         if ood == "refuse":
             result["refused"] = "out of distribution (see ood.reasons); --ood flag scores it anyway"
             return result
-    try:
-        sample = task.builder(False, None)(case, None)
-    except DataError as error:
-        raise DataError(error.reason, path=error.path or next(iter(case.images.values()), None)) from None
     batch = default_collate([sample])
     with torch.no_grad():
         outputs = forward(run.model.eval(), batch, model_name=run.model_name, task=task)
