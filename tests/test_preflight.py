@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 from osteoscope.config import config_from_dict, load_config
 from osteoscope.data.manifest import Case, unread_columns
 from osteoscope.engine.catalog import model_entries
+from osteoscope.engine.evaluate import evaluate_run
 from osteoscope.engine.kfold import cross_validate
 from osteoscope.engine.preflight import MIN_PATIENTS, check_splits, split_counts
 from osteoscope.engine.runs import CONFIG_FILE, HISTORY_FILE, LAST_CHECKPOINT, LOG_FILE, SPLITS_FILE
@@ -83,6 +85,17 @@ def test_a_misspelt_optional_column_is_a_warning_naming_the_nearest(hips: Path, 
     text = log_of(run)
     assert "manifest column 'stages' is not read by onfh-xray: did you mean 'stage'?" in text
     assert "not read by onfh-xray (kept as they are): mask_left, mask_right, subtlety" in text
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("osteoscope").addHandler(handler)
+    try:
+        evaluate_run(run, n_boot=20)  # an evaluation (e.g. of an external set) checks the columns too
+    finally:
+        logging.getLogger("osteoscope").removeHandler(handler)
+    assert "manifest column 'stages' is not read by onfh-xray: did you mean 'stage'?" in [
+        r.getMessage() for r in records if r.levelno == logging.WARNING
+    ]
 
 
 def test_a_misspelt_box_column_is_named_in_the_missing_box_error(hips: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from osteoscope.data.fingerprints import HASHES_FILE, Fingerprints, load_hashes,
 from osteoscope.data.manifest import Case
 from osteoscope.engine.inference import Inference, infer
 from osteoscope.engine.loop import read_history, track_evaluation
+from osteoscope.engine.preflight import report_columns
 from osteoscope.engine.runs import (
     HISTORY_FILE,
     Run,
@@ -145,6 +146,7 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     data = data or run.data_path()
     manifest = load_task_manifest(task, data, skip_bad=skip_bad)
+    report_columns(task, manifest.columns)
     builder = task.builder(False, make_cache(run.config))
     hashes: Fingerprints = {}
     cases, bad = check_cases(select_cases(run, manifest.cases, split), builder, skip_bad=skip_bad, hashes=hashes)

@@ -7,7 +7,7 @@ In the order :func:`osteoscope.engine.trainer.train` runs them:
   from the saved run are an error unless overridden, and only :data:`RESUMABLE` keys may be overridden
   (:func:`resumed_config`);
 * after the manifest is read: columns the task does not read, with the known column each is nearest to
-  (:func:`column_warnings`);
+  (:func:`report_columns`, at training and at evaluation);
 * after the split: a train or validation split that lacks a class is an error, a test split that lacks
   one and splits too small for meaningful estimates are warnings with the counts (:func:`check_splits`);
   then the task's own check (:meth:`osteoscope.tasks.Task.check`, e.g. onfh-xray's box sides).
@@ -25,7 +25,7 @@ from torch import nn
 from osteoscope.config import ExperimentConfig, config_from_dict, config_to_dict
 from osteoscope.data.manifest import Case, unread_columns
 from osteoscope.engine.inference import model_inputs
-from osteoscope.engine.runs import build_run_model, model_name
+from osteoscope.engine.runs import build_run_model, log, model_name
 from osteoscope.errors import ConfigError, DataError
 from osteoscope.tasks import Task
 
@@ -116,18 +116,16 @@ def resumed_config(
     return config_from_dict(values), [f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()]
 
 
-def column_warnings(task: Task, columns: Sequence[str]) -> tuple[list[str], str]:
-    """Manifest columns the task does not read: a warning for each that is near a known column the header
-    lacks (likely a typo: ``stages`` for ``stage``), and one info line listing the others ("" if none)."""
+def report_columns(task: Task, columns: Sequence[str]) -> None:
+    """Log the manifest columns the task does not read: a warning for each that is near a known column the
+    header lacks (likely a typo: ``stages`` for ``stage``), and one info line listing the others."""
     unread = unread_columns(columns, task.schema.columns)
-    warnings = [
-        f"manifest column {column!r} is not read by {task.name}: did you mean {near!r}?"
-        for column, near in unread.items()
-        if near is not None
-    ]
+    for column, near in unread.items():
+        if near is not None:
+            log.warning("manifest column %r is not read by %s: did you mean %r?", column, task.name, near)
     others = [column for column, near in unread.items() if near is None]
-    info = f"manifest column(s) not read by {task.name} (kept as they are): {', '.join(others)}" if others else ""
-    return warnings, info
+    if others:
+        log.info("manifest column(s) not read by %s (kept as they are): %s", task.name, ", ".join(others))
 
 
 def _count(cases: Sequence[Case], noun: str = "case") -> str:

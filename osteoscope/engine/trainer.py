@@ -42,7 +42,7 @@ from osteoscope.engine.loop import (
 from osteoscope.engine.preflight import (
     build_checked_model,
     check_splits,
-    column_warnings,
+    report_columns,
     resumed_config,
     split_counts,
 )
@@ -184,11 +184,7 @@ def train(
         log.warning("resumed with a changed option (--override): %s", change)
 
     manifest = load_task_manifest(task, config.data.path, skip_bad=config.data.skip_bad)
-    unread, others = column_warnings(task, manifest.columns)
-    for warning in unread:
-        log.warning("%s", warning)
-    if others:
-        log.info("%s", others)
+    report_columns(task, manifest.columns)
     cache = make_cache(config)
     eval_builder = task.builder(False, cache)
     hashes: Fingerprints = {}
