@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from osteoscope.config import config_from_dict
 from osteoscope.data.fingerprints import HASHES_FILE, pixel_hash
+from osteoscope.data.manifest import write_manifest as write_rows
 from osteoscope.data.readers import read_image
 from osteoscope.engine.evaluate import evaluate_run
 from osteoscope.engine.trainer import train
@@ -46,11 +47,9 @@ def as_dicom(png: Path, out: Path) -> Path:
 
 
 def write_manifest(folder: Path, rows: list[dict[str, str]]) -> Path:
+    """A dataset folder whose manifest.csv holds ``rows`` (columns from the first row)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(folder / "manifest.csv", rows, list(rows[0]))
     return folder
 
 

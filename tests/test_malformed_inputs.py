@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from osteoscope.cli import main
+from osteoscope.data.manifest import write_manifest as write_rows
 from osteoscope.errors import DataError
 from osteoscope.phantoms import generate_phantom
 from osteoscope.tasks.base import StudyInputs
@@ -144,11 +145,9 @@ def absolute(row: dict[str, str], root: Path) -> dict[str, str]:
 
 
 def write_manifest(folder: Path, rows: list[dict[str, str]]) -> Path:
+    """A dataset folder whose manifest.csv holds ``rows`` (columns from the first row)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(folder / "manifest.csv", rows, list(rows[0]))
     return folder
 
 
