@@ -114,7 +114,8 @@ _MU_BONE = 0.03  # attenuation per mm of cortical-bone equivalent
 _SIDE_SIGN = {"right": -1, "left": 1}  # patient's right hip is on the image's left
 _MU_METAL = 0.45  # attenuation per mm of steel/titanium: metal saturates to white
 _TONE_PERCENTILES = (0.5, 5.0, 25.0, 50.0, 75.0, 95.0, 99.7)
-ANATOMY_MAX_SIDE = 1024  # anatomy is rendered at most this many pixels per side, then upsampled
+ANATOMY_MAX_SIDE = 768  # anatomy is rendered at most this many pixels per side, then upsampled
+DEFAULT_IMAGE_SIZE = (576, 768)  # a film-like default that keeps the 1,000-study demo near 20 min
 _INSTITUTIONS = ("ST ELSEWHERE HOSPITAL", "CITY GENERAL RADIOLOGY", "OSTEOSCOPE PHANTOM", "UNIV CLINIC DX-2")
 _IMPLANTS = ("pedicle screws", "clips", "iud", "neck screw")
 
@@ -288,7 +289,7 @@ def generate(
     seed: int = 0,
     *,
     subtlety: float = 0.5,
-    image_size: tuple[int, int] = (384, 512),
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     fmt: str = "png",
     stage_mix: dict[int, float] | None = None,
     positive_fraction: float = 0.5,
@@ -569,7 +570,7 @@ def _draw_pose(rng: np.random.Generator, anatomy: _Anatomy, film: Realism | None
         photons=_uniform(rng, 2.0e4, 8.0e4) * (1.0 - 0.5 * anatomy.habitus),
         tone_mid=_normal(rng, 0.0, 0.04),
         tone_width=_uniform(rng, 0.85, 1.15),
-        gamma=_uniform(rng, 0.8, 1.2),
+        gamma=_uniform(rng, 1.1, 1.8),
         white=_uniform(rng, 30000.0, 64000.0),
         black=_uniform(rng, 100.0, 1500.0),
         heel=_normal(rng, 0.0, 0.1),
@@ -637,7 +638,8 @@ def _render(
     metal = _draw_implants(grid, anatomy, pose, heads)
     soft = np.maximum(soft, 0.0)
     log_signal = anatomy.size * (_MU_SOFT * soft + _MU_BONE * anatomy.bone_density * bone) + _MU_METAL * metal
-    pixels = _expose(log_signal, metal > 0, pose, film, image_size, spacing * anatomy.size, anatomy.habitus, rng)
+    ignore = (metal > 0) | (soft < 40.0)  # the display window is set on the body, not on metal or air
+    pixels = _expose(log_signal, ignore, pose, film, image_size, spacing * anatomy.size, anatomy.habitus, rng)
     marker, marker_box = _film_effects(pixels, film, film_rng, list(boxes.values()))
     photometric = "MONOCHROME1" if film_rng.random() < film.monochrome1 else "MONOCHROME2"
     bits = int(film_rng.choice(film.bits_stored))
@@ -669,6 +671,21 @@ def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return values
     image = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F")
     return np.asarray(image.resize((size[1], size[0]), Image.Resampling.BICUBIC), dtype=np.float32)
+
+
+def _lowpass(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of ``sigma`` pixels, computed on a copy shrunk so that sigma is about 4 pixels.
+
+    A wide blur of the full image costs seconds; the result is smooth, so a shrunk copy loses nothing.
+    """
+    factor = max(1, int(sigma / 4.0))
+    if factor == 1:
+        return gaussian_filter(values, sigma, truncate=2.0)
+    rows, cols = values.shape
+    small = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F")
+    small = small.resize((max(cols // factor, 1), max(rows // factor, 1)), Image.Resampling.BOX)
+    blurred = gaussian_filter(np.asarray(small, dtype=np.float32), sigma / factor, truncate=2.0)
+    return _resize(blurred, values.shape)
 
 
 def _add_gas(grid: Grid, soft: np.ndarray, pose: _Pose, rng: np.random.Generator) -> None:
@@ -1213,7 +1230,7 @@ def _draw_implants(grid: Grid, anatomy: _Anatomy, pose: _Pose, heads: dict[int, 
 
 def _expose(
     log_signal: np.ndarray,
-    metal: np.ndarray,
+    ignore: np.ndarray,
     pose: _Pose,
     film: Realism,
     size: tuple[int, int],
@@ -1227,18 +1244,19 @@ def _expose(
     the detector, which blurs them and adds quantum noise (more where fewer photons arrive, i.e.
     behind bone), grain-correlated, and a little electronic noise. DR processing then compresses the
     dynamic range and sharpens edges (unsharp masking), and the display window is set from the
-    film's own percentiles, as a DR console does. Low-frequency steps run at the anatomy resolution.
+    body's percentiles (air and metal left out), as a DR console does. Low-frequency steps run at the
+    anatomy resolution.
     """
     inner_spacing = spacing * size[1] / log_signal.shape[1]
     primary = np.exp(-log_signal)
     spr = film.scatter * (0.05 + 0.3 * habitus)
-    scatter = spr * gaussian_filter(primary, 35.0 / inner_spacing, truncate=2.0)
+    scatter = spr * _lowpass(primary, 35.0 / inner_spacing)
     clean = -np.log(primary + scatter + np.float32(1e-4))
-    low = gaussian_filter(clean, 25.0 / inner_spacing, truncate=2.0)
+    low = _lowpass(clean, 25.0 / inner_spacing)
     detail = clean - gaussian_filter(clean, 2.0 / inner_spacing, truncate=2.5)
-    drc, usm = 0.2 + 0.5 * (pose.tone_width - 0.85), 0.6 + 0.4 * (pose.gamma - 0.8)
+    drc, usm = 0.5 + 0.5 * (pose.tone_width - 0.85), 0.6 + 0.6 * (pose.gamma - 1.1)
     processed = clean - drc * low + usm * detail
-    body = processed[~metal] if metal.any() else processed
+    body = processed[~ignore] if (~ignore).sum() > 100 else processed
     knots = np.percentile(body, _TONE_PERCENTILES)
     knots = np.maximum.accumulate(knots + np.arange(len(knots)) * 1e-4)
     delta = _resize(processed - clean, size)
@@ -1260,11 +1278,11 @@ def _expose(
     intensity += np.float32(film.noise) * noise
     signal = -np.log(np.maximum(intensity, 1e-4)) + delta
     # Display curve: between a linear window and histogram equalisation of the film's percentiles;
-    # metal (beyond the top knot) saturates to white.
+    # air beside the body goes black, metal (beyond the top knot) saturates to white.
     lo, hi = knots[0], knots[-1]
     linear = (knots - lo) / max(hi - lo, 1e-3)
     equalised = np.asarray(_TONE_PERCENTILES) / 100.0
-    mix = float(np.clip(0.35 + pose.tone_mid * 5.0, 0.0, 0.7))
+    mix = float(np.clip(0.2 + pose.tone_mid * 5.0, 0.0, 0.6))
     targets = 0.04 + 0.88 * (mix * equalised + (1.0 - mix) * linear)
     xs = np.append(knots, hi + 0.6 * (hi - lo))
     shaped = np.interp(signal, xs, np.append(targets, 1.0)).astype(np.float32)
