@@ -877,7 +877,7 @@ def _draw_triradiate(grid: Grid, bone: np.ndarray, s: int, head: _Head) -> None:
     mx, y = s * crop.x, crop.y
     open_ = 0.9 - 0.5 * (head.child or 0.0)
     width = 1.2 + 1.5 * (1.0 - (head.child or 0.0))
-    line = band(y - (hy - 0.2 * r) - 0.15 * (mx - hx), width) * smoothstep(hx - 0.2 * r - mx, 0.0, 6.0)
+    line = band(y - (hy - 0.5 * r) - 0.15 * (mx - hx), width) * smoothstep(hx - 0.6 * r - mx, 0.0, 4.0)
     ramus = band(mx - (hx - 0.55 * r) - 0.3 * (y - hy - 70.0), width) * band(y - hy - 70.0, 9.0)
     bone[crop.rows, crop.cols] *= 1.0 - open_ * np.maximum(line, ramus)
 
@@ -1008,6 +1008,8 @@ def _draw_femur(
     shaft_top = (jx - 6.0 * down[0], jy - 6.0 * down[1])
     neck_mid = (hx - 0.45 * neck_len * neck_dir[0], hy - 0.45 * neck_len * neck_dir[1])
     gt = (jx + s * 0.55 * rs, jy - 27.0)
+    # A young child's greater trochanter is still cartilage: its apophysis ossifies with maturity.
+    gt_bone = 1.0 if head.child is None else float(smoothstep(np.float32(head.child), 0.3, 0.8))
     lt_size = float(np.clip(1.0 + (version - 12.0) / 25.0, 0.4, 1.6))
     lt = (jx + 40.0 * down[0] - s * 0.95 * rs, jy + 40.0 * down[1])
     outer = [
@@ -1015,7 +1017,7 @@ def _draw_femur(
         tube(x, y, (hx, hy), neck_mid, 0.8 * big, rn),
         tube(x, y, neck_mid, (jx, jy), rn, rs * 1.2),
         ellipsoid(x, y, jx + s * 2.0, jy + 10.0, rs * 1.3, 20.0, 18.0, -s * 0.25),
-        ellipsoid(x, y, gt[0], gt[1], 14.0, 23.0, 16.0, -s * 0.25),
+        gt_bone * ellipsoid(x, y, gt[0], gt[1], 14.0, 23.0, 16.0, -s * 0.25),
         ellipsoid(x, y, lt[0], lt[1], 7.0 * lt_size, 10.0, 7.0 * lt_size, s * 0.5),
     ]
     inner = [
@@ -1023,7 +1025,7 @@ def _draw_femur(
         tube(x, y, (hx, hy), neck_mid, 0.8 * big - 1.5, rn - 2.0),
         tube(x, y, neck_mid, (jx, jy), rn - 2.0, rs * 1.2 - 2.0),
         ellipsoid(x, y, jx + s * 2.0, jy + 10.0, rs * 1.3 - 1.5, 18.5, 16.5, -s * 0.25),
-        ellipsoid(x, y, gt[0], gt[1], 12.5, 21.5, 14.5, -s * 0.25),
+        gt_bone * ellipsoid(x, y, gt[0], gt[1], 12.5, 21.5, 14.5, -s * 0.25),
         ellipsoid(x, y, lt[0], lt[1], 7.0 * lt_size - 1.2, 8.8, 7.0 * lt_size - 1.2, s * 0.5),
     ]
     dx, dy = x - hx, y - hy
@@ -1163,7 +1165,7 @@ def _head_box(grid: Grid, head: _Head, image_size: tuple[int, int]) -> Box:
 def _draw_implants(grid: Grid, anatomy: _Anatomy, pose: _Pose, heads: dict[int, _Head]) -> np.ndarray:
     """Metal path length (mm) of the patient's implant, fixed in the patient's anatomy.
 
-    Pedicle screws converge from the L4/L5 pedicles with a rod on each side; clips are short bars in
+    Pedicle screws converge from the L5 pedicles and into the S1 alae with a rod on each side; clips are short bars in
     the pelvis away from the heads; an IUD is a T with a copper coil above the symphysis; neck screws
     are two or three parallel cannulated screws along one femoral neck into the head.
     """
@@ -1177,9 +1179,8 @@ def _draw_implants(grid: Grid, anatomy: _Anatomy, pose: _Pose, heads: dict[int, 
         t, k = 1.0 + pose.tilt, anatomy.inlet
         top = -138.0 * k * t
         heads_xy = []
-        for level in (0, 1):
-            yc = top - 22.0 - 38.0 * level * t * k
-            a = (27.0 - 1.3 * level) * k
+        for yc in (top + 14.0 * t * k, top - 22.0 * t * k):  # S1 (into the sacral alae) and L5
+            a = 27.0 * k
             for sx in (-1, 1):
                 tip = (sx * 0.15 * a, yc - 0.1 * 12.0 * k)
                 base = (sx * 0.75 * a, yc - 0.35 * 12.0 * k)
