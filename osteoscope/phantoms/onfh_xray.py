@@ -115,7 +115,7 @@ _SIDE_SIGN = {"right": -1, "left": 1}  # patient's right hip is on the image's l
 _MU_METAL = 0.45  # attenuation per mm of steel/titanium: metal saturates to white
 _TONE_PERCENTILES = (0.5, 5.0, 25.0, 50.0, 75.0, 95.0, 99.7)
 ANATOMY_MAX_SIDE = 768  # anatomy is rendered at most this many pixels per side, then upsampled
-DEFAULT_IMAGE_SIZE = (576, 768)  # a film-like default that keeps the 1,000-study demo near 20 min
+DEFAULT_IMAGE_SIZE = (768, 1024)  # film-like, and the 1,000-study demo stays near 20 min
 _INSTITUTIONS = ("ST ELSEWHERE HOSPITAL", "CITY GENERAL RADIOLOGY", "OSTEOSCOPE PHANTOM", "UNIV CLINIC DX-2")
 _IMPLANTS = ("pedicle screws", "clips", "iud", "neck screw")
 
