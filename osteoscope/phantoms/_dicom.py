@@ -50,7 +50,10 @@ def write_dicom(
     modality: str,
     tags: dict[str, Any],
 ) -> None:
-    """Write one single-frame MONOCHROME2 image of uint16 or int16 ``pixels`` (rows, columns).
+    """Write one single-frame MONOCHROME2 image of uint16 or int16 ``pixels`` (rows, columns), 16 bits stored.
+
+    ``tags`` may override these (e.g. ``PhotometricInterpretation`` MONOCHROME1, ``BitsStored`` 12 with
+    ``HighBit`` 11); the caller then stores pixels that match them.
 
     Args:
         path: File to write (Part 10 format, explicit VR little endian).

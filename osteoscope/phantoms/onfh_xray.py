@@ -1,10 +1,10 @@
 """AP pelvis radiograph phantom for osteonecrosis of the femoral head (task ``onfh-xray``).
 
 Each study is a synthetic anteroposterior pelvis radiograph: soft-tissue outline and thighs, bowel gas,
-the pelvic ring (iliac wings, iliac bodies and pelvic brim, sacrum with foramina, L5, obturator rings,
-pubic symphysis, ischial tuberosities), both acetabula with their sourcil and teardrop, and both
-proximal femurs (head, neck, trochanters, shaft) with a cortical shell and oriented trabecular texture.
-Bone is bright, soft tissue grey, air dark; values are 16-bit.
+the pelvic ring (iliac wings, iliac bodies and pelvic brim, sacrum with foramina, the lumbar spine,
+obturator rings, pubic symphysis, ischial tuberosities), both acetabula with their sourcil and teardrop,
+and both proximal femurs (head, neck, trochanters, shaft) with a cortical shell and oriented trabecular
+texture. Bone is bright, soft tissue grey, air dark (stored inverted in a MONOCHROME1 DICOM file).
 
 Disease follows the AsT paper's premise (Chen et al., AAAI 2023 student abstract): ONFH shows as an
 *asymmetry* of the two femoral heads, and early stages are close to invisible. Lesions sit in the
@@ -171,6 +171,7 @@ class Realism:
         if value is None:
             return cls()
         if isinstance(value, cls):
+            value.check()
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"realism must be a mapping of knobs, got {type(value).__name__}")
@@ -239,14 +240,14 @@ class _Anatomy:
     wing: float
     inlet: float
     bone_density: float
-    habitus: float = 0.5
-    folds: tuple[tuple[float, float, float, float], ...] = ()
-    pannus: tuple[float, float, float] | None = None
-    child: float | None = None
-    size: float = 1.0
-    implant: str = ""
-    implant_side: int = 1
-    implant_seed: int = 0
+    habitus: float = 0.5  # 0 thin to 1 obese
+    folds: tuple[tuple[float, float, float, float], ...] = ()  # skin folds: x0, y0, curvature, depth (mm)
+    pannus: tuple[float, float, float] | None = None  # lower edge y, half-width share, depth (mm)
+    child: float | None = None  # a child's maturity in [0, 1]; None for an adult
+    size: float = 1.0  # real mm per canonical mm (below 1 for a child)
+    implant: str = ""  # one of _IMPLANTS, or empty
+    implant_side: int = 1  # the side of a neck screw (-1 right, 1 left)
+    implant_seed: int = 0  # where clips and the IUD sit, fixed for the patient
 
 
 @dataclass(frozen=True)
@@ -267,10 +268,10 @@ class _Pose:
     white: float
     black: float
     heel: float
-    gas: tuple[tuple[float, float, float, float, float], ...]
-    colon: tuple[tuple[float, tuple[tuple[float, float], ...]], ...] = ()  # (radius, polyline) per segment
-    heel_angle: float = 0.0
-    fov_scale: float = 1.0
+    gas: tuple[tuple[float, float, float, float, float], ...]  # faecal clusters: centre, semi-axes, gas share
+    colon: tuple[tuple[float, tuple[tuple[float, float], ...]], ...]  # (radius, polyline) per colon segment
+    heel_angle: float  # direction of the anode-cathode axis (rad)
+    fov_scale: float  # field of view relative to 430 mm (on the canonical frame)
 
 
 @dataclass
@@ -517,8 +518,8 @@ def _draw_build(rng: np.random.Generator, anatomy: _Anatomy, child_fraction: flo
     widen = 1.0 + (0.25 * (1.0 - maturity) if is_child else 0.0)
     return _Anatomy(
         hips=anatomy.hips,
-        body_half_width=(150.0 + 90.0 * habitus) * widen * anatomy.wing,
-        body_depth=(170.0 + 170.0 * habitus) * widen * anatomy.wing,
+        body_half_width=anatomy.body_half_width * (0.85 + 0.4 * habitus) * widen,
+        body_depth=anatomy.body_depth * (0.8 + 0.6 * habitus) * widen,
         wing=anatomy.wing,
         inlet=anatomy.inlet,
         bone_density=anatomy.bone_density * (0.75 + 0.2 * maturity if is_child else 1.0),
@@ -533,9 +534,8 @@ def _draw_build(rng: np.random.Generator, anatomy: _Anatomy, child_fraction: flo
     )
 
 
-def _draw_pose(rng: np.random.Generator, anatomy: _Anatomy, film: Realism | None = None) -> _Pose:
+def _draw_pose(rng: np.random.Generator, anatomy: _Anatomy, film: Realism) -> _Pose:
     """Draw positioning, exposure and bowel gas (faecal clusters and colon segments) for one study."""
-    film = film or Realism()
     gas_rng = np.random.default_rng(rng.integers(2**63))  # so the pose does not depend on the gas knob
     n_faecal = round(film.gas * int(gas_rng.integers(1, 5)))
     gas = tuple(
