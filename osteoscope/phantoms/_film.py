@@ -45,11 +45,11 @@ def rotated_rect_mask(shape: tuple[int, int], rect: tuple[float, float, float, f
 
 def collimation_field(
     rng: np.random.Generator, shape: tuple[int, int], keep: list[Box], max_inset: float, max_angle_deg: float
-) -> tuple[np.ndarray, tuple[float, float, float, float], float]:
+) -> np.ndarray:
     """Draw a collimated (exposed) field: a tilted, possibly off-centre rectangle that keeps ``keep`` inside.
 
-    Returns the field mask (1 exposed, 0 shuttered, with a penumbra of a few pixels), its rectangle
-    before rotation and its angle. Insets are shrunk until every box of ``keep`` lies in the field.
+    Returns the field mask (1 exposed, 0 shuttered, with a penumbra of a few pixels). Insets and tilt
+    are shrunk until every box of ``keep`` lies in the field.
     """
     rows, cols = shape
     angle = math.radians(float(rng.uniform(-max_angle_deg, max_angle_deg)))
@@ -63,10 +63,9 @@ def collimation_field(
         insets *= 0.8
         angle *= 0.8
     else:
-        rect, angle = (0.0, 0.0, float(cols), float(rows)), 0.0
         mask = np.ones(shape, dtype=np.float32)
     penumbra = max(0.6, 0.002 * max(shape))
-    return gaussian_filter(mask, penumbra, truncate=2.5), rect, angle
+    return gaussian_filter(mask, penumbra, truncate=2.5)
 
 
 def text_layer(
@@ -100,6 +99,6 @@ def text_size(text: str, size: int) -> tuple[int, int]:
     return x1 - x0 + 2, y1 - y0 + 2
 
 
-def overlaps(a: Box, b: Box, margin: int = 0) -> bool:
-    """Whether two boxes overlap once ``b`` is grown by ``margin`` pixels."""
-    return not (a[2] <= b[0] - margin or b[2] + margin <= a[0] or a[3] <= b[1] - margin or b[3] + margin <= a[1])
+def overlaps(a: Box, b: Box) -> bool:
+    """Whether two boxes (end exclusive) overlap."""
+    return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])

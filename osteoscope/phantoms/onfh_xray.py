@@ -1297,11 +1297,11 @@ def _film_effects(pixels: np.ndarray, film: Realism, rng: np.random.Generator, h
     image's left half, as the patient's right hip is) in a top or bottom corner, away from the heads.
     """
     rows, cols = pixels.shape
-    draws = rng.random(6)
+    draws = rng.random(5)
     keep = [(x0 - 4, y0 - 4, x1 + 4, y1 + 4) for x0, y0, x1, y1 in heads]
     field = np.ones(pixels.shape, dtype=np.float32)
     if draws[0] < film.collimation:
-        field, _, _ = collimation_field(rng, pixels.shape, keep, film.collimation_inset, film.collimation_angle)
+        field = collimation_field(rng, pixels.shape, keep, film.collimation_inset, film.collimation_angle)
         shutter = float(rng.choice([0.0, 0.93, 1.0], p=[0.35, 0.25, 0.4]))
         pixels *= field
         pixels += shutter * (1.0 - field)
@@ -1319,7 +1319,7 @@ def _film_effects(pixels: np.ndarray, film: Realism, rng: np.random.Generator, h
         level = float(rng.choice([1.0, 0.85]))
         y = int(0.02 * rows) if corner < 2 else rows - int(0.02 * rows) - len(lines) * int(1.25 * size)
         for line in lines:
-            w, h = text_size(line, size)
+            w, _ = text_size(line, size)
             x = int(0.02 * cols) if corner % 2 == 0 else cols - int(0.02 * cols) - w
             layer, box = text_layer(pixels.shape, line, size, (x, y), mirror=False)
             if not any(overlaps(box, other) for other in taken[:2]):
