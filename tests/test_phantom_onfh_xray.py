@@ -10,9 +10,10 @@ import pytest
 from helpers import box_of, read_rows
 from PIL import Image
 
+from osteoscope.data.readers import read_image
 from osteoscope.errors import ConfigError
 from osteoscope.phantoms import generate_phantom
-from osteoscope.phantoms.onfh_xray import COLUMNS
+from osteoscope.phantoms.onfh_xray import COLUMNS, Realism
 from osteoscope.tasks import task_classes
 
 SIZE = (192, 256)
@@ -192,22 +193,133 @@ def test_dicom_output(tmp_path: Path) -> None:
     manifest = generate_phantom(
         "onfh-xray",
         tmp_path,
-        3,
+        6,
         seed=1,
         image_size=SIZE,
         fmt="dicom",
+        realism={"monochrome1": 0.5, "bits_stored": [10, 12, 14, 16]},
         progress=lambda i, n: calls.append((i, n)),
     )
-    assert calls == [(1, 3), (2, 3), (3, 3)]
-    for r in read_rows(manifest):
+    assert calls == [(i, 6) for i in range(1, 7)]
+    generate_phantom("onfh-xray", tmp_path / "png", 6, seed=1, image_size=SIZE)
+    rows = read_rows(manifest)
+    assert {r["photometric"] for r in rows} == {"MONOCHROME1", "MONOCHROME2"}
+    for r in rows:
         assert r["image"].endswith(".dcm")
         ds = pydicom.dcmread(tmp_path / r["image"])
         assert ds.PatientID == r["patient_id"]
-        assert ds.Modality == "DX" and ds.PhotometricInterpretation == "MONOCHROME2"
-        assert ds.BitsStored == 16 and float(ds.PixelSpacing[0]) > 0
+        assert ds.Modality == "DX" and ds.PhotometricInterpretation == r["photometric"]
+        assert ds.BitsStored in (10, 12, 14, 16) and ds.HighBit == ds.BitsStored - 1
+        assert float(ds.PixelSpacing[0]) == pytest.approx(float(r["pixel_spacing"]), rel=1e-4)
         pixels = ds.pixel_array
         assert pixels.shape == SIZE and pixels.dtype == np.uint16
-        assert int(pixels.max()) - int(pixels.min()) > 4096
+        assert int(pixels.max()) < 2**ds.BitsStored and int(pixels.max()) - int(pixels.min()) > 2 ** (ds.BitsStored - 2)
+        # Read back as a user would, a MONOCHROME1 film shows bone bright: it matches the PNG of the study.
+        image = read_image(tmp_path / r["image"]).array
+        png = read_image(tmp_path / "png" / r["image"].replace(".dcm", ".png")).array
+        assert np.corrcoef(image.ravel(), png.ravel())[0, 1] > 0.99, r["case_id"]
+
+
+def test_jpeg_output_reads_back(tmp_path: Path) -> None:
+    rows = read_rows(generate_phantom("onfh-xray", tmp_path, 2, seed=1, image_size=SIZE, fmt="jpeg"))
+    for r in rows:
+        assert r["image"].endswith(".jpg") and r["photometric"] == "MONOCHROME2"
+        image = read_image(tmp_path / r["image"])
+        assert image.meta["format"] == "jpeg" and image.meta["bit_depth"] == 8
+        assert image.array.shape == SIZE and np.ptp(image.array) > 100
+
+
+def test_new_columns_are_filled_and_consistent(tmp_path: Path) -> None:
+    rows = read_rows(
+        generate_phantom(
+            "onfh-xray",
+            tmp_path,
+            24,
+            seed=6,
+            image_size=(320, 400),
+            child_fraction=0.5,
+            realism={"marker": 1.0, "implant": 1.0, "collimation": 1.0, "text": 1.0},
+        )
+    )
+    assert {r["child"] for r in rows} == {"0", "1"}
+    implants = {r["implant"] for r in rows if r["child"] == "0"}
+    assert implants and all(i.startswith(("pedicle screws", "clips", "iud", "neck screw")) for i in implants)
+    assert all(r["implant"] == "" for r in rows if r["child"] == "1")  # no implants in children
+    markers = 0
+    for r in rows:
+        assert r["photometric"] == "MONOCHROME2" and float(r["pixel_spacing"]) > 0
+        assert r["marker"] in {"R", "L", ""} and bool(r["marker"]) == bool(r["marker_box"])
+        if not r["marker"]:
+            continue
+        markers += 1
+        x0, y0, x1, y1 = box_of(r["marker_box"])
+        assert 0 <= x0 < x1 <= 400 and 0 <= y0 < y1 <= 320
+        # The marker names the patient's side it sits on: the patient's right is the image's left.
+        assert (x1 <= 200) if r["marker"] == "R" else (x0 >= 200), r
+        image = np.array(Image.open(tmp_path / r["image"])).astype(np.float64)
+        heads = []
+        for side in ("left", "right"):
+            hx0, hy0, hx1, hy1 = box_of(r[f"box_{side}"])
+            heads.append(np.median(image[hy0:hy1, hx0:hx1]))
+            assert x1 <= hx0 or hx1 <= x0 or y1 <= hy0 or hy1 <= y0  # never over a head
+        assert image[y0:y1, x0:x1].max() > max(heads)  # lead is burned in brighter than bone
+    assert markers >= 18
+
+
+def test_children_have_smaller_heads_inside_their_boxes(tmp_path: Path) -> None:
+    rows = read_rows(generate_phantom("onfh-xray", tmp_path, 20, seed=8, image_size=SIZE, child_fraction=0.5))
+    size_mm: dict[str, list[float]] = {"0": [], "1": []}
+    for r in rows:
+        spacing = float(r["pixel_spacing"])
+        for side in ("left", "right"):
+            x0, y0, x1, y1 = box_of(r[f"box_{side}"])
+            size_mm[r["child"]].append((x1 - x0) * spacing)
+            # The box centre is on bone (the head or its ossification centre): brighter than most of the film.
+            image = np.array(Image.open(tmp_path / r["image"])).astype(np.float64)
+            roi = image[y0:y1, x0:x1]
+            h, w = roi.shape
+            centre = np.median(roi[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3])
+            assert centre > np.percentile(image, 40), (r["case_id"], side)
+            if r[f"mask_{side}"]:  # a child's lesion lies in its ossification centre, inside the box
+                mask = np.array(Image.open(tmp_path / r[f"mask_{side}"])) > 0
+                assert mask.sum() > 3 and mask[y0:y1, x0:x1].sum() == mask.sum(), (r["case_id"], side)
+    assert size_mm["0"] and size_mm["1"]
+    assert max(size_mm["1"]) < min(size_mm["0"])
+
+
+def test_film_components_follow_their_knobs(tmp_path: Path) -> None:
+    clean = read_rows(
+        generate_phantom("onfh-xray", tmp_path / "c", 6, seed=2, image_size=SIZE, realism=Realism.clean())
+    )
+    assert all(not r["marker"] and not r["implant"] for r in clean)
+    default = read_rows(generate_phantom("onfh-xray", tmp_path / "d", 6, seed=2, image_size=SIZE))
+    # Same anatomy and ground truth; only the film differs.
+    assert [r["box_left"] for r in clean] == [r["box_left"] for r in default]
+    a = _image(tmp_path / "c", clean[0]).astype(np.int64)
+    b = _image(tmp_path / "d", default[0]).astype(np.int64)
+    assert not np.array_equal(a, b)
+    with pytest.raises(ConfigError, match="realism"):
+        generate_phantom("onfh-xray", tmp_path / "e", 1, realism={"markers": 1.0})
+    with pytest.raises(ConfigError, match="marker"):
+        generate_phantom("onfh-xray", tmp_path / "e", 1, realism={"marker": 2.0})
+    with pytest.raises(ConfigError, match="child_fraction"):
+        generate_phantom("onfh-xray", tmp_path / "e", 1, child_fraction=-0.1)
+
+
+def test_large_films_render_anatomy_capped_and_keep_ground_truth(tmp_path: Path) -> None:
+    rows = read_rows(generate_phantom("onfh-xray", tmp_path, 1, seed=3, image_size=(1536, 2048), positive_fraction=1.0))
+    r = rows[0]
+    image = _image(tmp_path, r)
+    assert image.shape == (1536, 2048)
+    side = "left" if r["mask_left"] else "right"
+    mask = np.array(Image.open(tmp_path / r[f"mask_{side}"])) > 0
+    assert mask.shape == (1536, 2048) and mask.sum() > 100
+    x0, y0, x1, y1 = box_of(r[f"box_{side}"])
+    outside = mask.copy()
+    outside[y0:y1, x0:x1] = False
+    assert not outside.any()
+    # Noise is added at full resolution: neighbouring pixels are not copies of an upsampled image.
+    assert np.mean(np.abs(np.diff(image[700:800, 900:1100].astype(np.float64), axis=1))) > 20
 
 
 def test_registry_and_errors(tmp_path: Path) -> None:
@@ -225,6 +337,6 @@ def test_registry_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="subtlety"):
         generate_phantom("onfh-xray", tmp_path, 1, subtlety=1.5)
     with pytest.raises(ConfigError, match="fmt"):
-        generate_phantom("onfh-xray", tmp_path, 1, fmt="jpeg")
+        generate_phantom("onfh-xray", tmp_path, 1, fmt="tiff")
     with pytest.raises(ConfigError, match="stage_mix"):
         generate_phantom("onfh-xray", tmp_path, 1, stage_mix={5: 1.0})
