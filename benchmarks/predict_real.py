@@ -66,7 +66,7 @@ def train_run(out: Path, n: int, ast_epochs: int, loc_epochs: int) -> Path:
     from osteoscope.tasks.onfh_xray.localizer import train_localizer_on_manifest
 
     data, run = out / "data", out / "run"
-    generate_phantom("onfh-xray", data, n=n, seed=0)
+    generate_phantom("onfh-xray", data, n=n, seed=0, image_size=(448, 512), child_fraction=0.3)
     app(
         ["train", "--data", str(data), "--model", "ast", "--preset", "tiny", "--epochs", str(ast_epochs), "--out",
          str(run), "--set", "train.threads=1"],

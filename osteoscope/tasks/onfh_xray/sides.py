@@ -28,7 +28,8 @@ when its best letter scores at least :data:`MARKER_MIN_MATCH` and beats the othe
 :data:`MARKER_MARGIN`; the thresholds were set on the real mirrored "R" of pydicom-data's RG3 (0.95 against
 0.62 for "L") and real wrist films' markers, while letter-like bone edges score below 0.8. Whether the glyph
 is mirrored is reported, not used: it is not reliable at this tolerance and does not change the side the
-marker sits on. On 20 realistic phantoms (branch issue10-phantom) 17 of 18 markers were read, none wrongly.
+marker sits on. On 80 realistic phantoms (branch issue10-phantom, seeds 5 and 1000, 448x512) 69 of the 71
+markers were read, none wrongly, and none was read on the 9 films without one.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def _glyph_masks(small: np.ndarray) -> list[np.ndarray]:
     """Candidate glyph pixels: bright letters and dark letters cut out of a bright marker plate (the holes
     of the bright mask), at falling brightness levels (a marker is often not the brightest thing on a film)."""
     out = []
-    for level in (0.95, 0.8, 0.65, 0.5):
+    for level in (0.95, 0.75, 0.55):
         bright = small >= level
         out.append(bright)
         dark, _ = ndimage.label(~bright)
