@@ -17,7 +17,7 @@ convention, which is right for them.
 Prints one JSON object (per-film rows, the number of films meeting the target, mean localisation time) and
 writes an overlay PNG into the output folder.
 
-Run: ``python -m benchmarks.localizer_real [--n 400] [--epochs 30] [--model FILE] [--out DIR]``
+Run: ``python -m benchmarks.localizer_real [--n 400] [--epochs 30] [--children 0.3] [--model FILE] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -150,13 +150,15 @@ def _draw(cases: list, path: Path) -> None:
     plt.close(fig)
 
 
-def train_on_phantoms(n: int, epochs: int, seed: int, image_size: tuple[int, int]) -> tuple[HeadLocalizer, dict]:
+def train_on_phantoms(
+    n: int, epochs: int, seed: int, image_size: tuple[int, int], child_fraction: float
+) -> tuple[HeadLocalizer, dict]:
     """Generate ``n`` training and 40 held-out phantoms, train, and score on the held-out ones."""
     with tempfile.TemporaryDirectory() as tmp:
         train_dir, test_dir = Path(tmp) / "train", Path(tmp) / "test"
         start = time.perf_counter()
-        generate(train_dir, n, seed, image_size=image_size)
-        generate(test_dir, 40, seed + 1000, image_size=image_size)
+        generate(train_dir, n, seed, image_size=image_size, child_fraction=child_fraction)
+        generate(test_dir, 40, seed + 1000, image_size=image_size, child_fraction=child_fraction)
         gen_s = time.perf_counter() - start
         losses: list[float] = []
         start = time.perf_counter()
@@ -168,6 +170,8 @@ def train_on_phantoms(n: int, epochs: int, seed: int, image_size: tuple[int, int
         model.held_out = evaluate_localizer(model, held)
     info = {
         "phantoms_train": n,
+        "image_size": list(image_size),
+        "child_fraction": child_fraction,
         "epochs": epochs,
         "generate_s": round(gen_s, 1),
         "train_s": round(train_s, 1),
@@ -183,7 +187,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400, help="phantom studies to train on")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, nargs=2, default=(384, 512), help="phantom rows cols")
+    parser.add_argument("--size", type=int, nargs=2, default=(448, 512), help="phantom rows cols")
+    parser.add_argument("--children", type=float, default=0.3, help="share of child patients in the phantom")
     parser.add_argument("--model", type=Path, default=None, help="evaluate this saved localiser, no training")
     parser.add_argument("--save", type=Path, default=None, help="save the trained localiser here")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/localizer_real"))
@@ -196,7 +201,7 @@ def main() -> None:
         model, result = load_localizer(args.model), {"model": str(args.model), "phantom_held_out": None}
         result["phantom_held_out"] = model.held_out
     else:
-        model, result = train_on_phantoms(args.n, args.epochs, args.seed, tuple(args.size))
+        model, result = train_on_phantoms(args.n, args.epochs, args.seed, tuple(args.size), args.children)
         if args.save is not None:
             save_localizer(model, args.save)
     result["real_ddh"] = evaluate_real(model, args.out / "ddh_overlay.png")

@@ -630,8 +630,8 @@ def _circle_fit(reduced: np.ndarray, cand: _Candidate) -> _Candidate:
 
 def _inside(cand: _Candidate, shape: tuple[int, int]) -> bool:
     """Whether the candidate's box lies within the image (it does not cross the edge)."""
-    half = BOX_MARGIN * cand.radius
-    return half <= cand.x <= shape[1] - half and half <= cand.y <= shape[0] - half
+    half = BOX_MARGIN * cand.radius + 1.0  # the box is rounded outwards by up to a pixel
+    return half < cand.x < shape[1] - half and half < cand.y < shape[0] - half
 
 
 def _symmetry(working: np.ndarray, a: tuple[float, float], b: tuple[float, float]) -> float:
