@@ -221,7 +221,7 @@ class OnfhXray(Task):
             )
             if confidence < floor:
                 problems.append(
-                    f"the head localiser's confidence {confidence:.3f} is below {floor:.3f}, half its lowest on "
+                    f"the head localiser's confidence {confidence:.3f} is below {floor:.3f}, half its median on "
                     "held-out patients: the image may not show a pelvis"
                 )
         return problems
