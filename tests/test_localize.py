@@ -12,6 +12,9 @@ from osteoscope.errors import DataError
 from osteoscope.tasks.onfh_xray.localizer import (
     Box,
     HeadLocalizer,
+    _Candidate,
+    _pair_problems,
+    find_heads,
     fit_localizer,
     load_localizer,
     locate_heads,
@@ -30,9 +33,10 @@ def _synthetic(rng: np.random.Generator) -> tuple[np.ndarray, Box, Box]:
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     img = 0.2 + 0.1 * yy / H + rng.normal(0, 0.05, (H, W)).astype(np.float32)
     radius = rng.uniform(6, 9)
+    row = rng.uniform(0.4, 0.65) * H
     boxes = []
-    for lo, hi in ((0.15, 0.40), (0.60, 0.85)):
-        cx, cy = rng.uniform(lo, hi) * W, rng.uniform(0.35, 0.70) * H
+    for lo, hi in ((0.15, 0.32), (0.68, 0.85)):
+        cx, cy = rng.uniform(lo, hi) * W, row + rng.uniform(-0.05, 0.05) * H  # side by side, as on a pelvis film
         dist = np.hypot(xx - cx, yy - cy)
         img += 0.6 * (dist < radius)
         img += 0.4 * ((np.abs(dist - radius * 1.4) < 1.5) & (yy < cy))
@@ -156,3 +160,56 @@ def test_rejects_bad_inputs() -> None:
         fit_localizer([(np.zeros((40, 50)), (10, 10, 5, 20), (30, 10, 40, 20))], working_size=WORKING, epochs=1)
     with pytest.raises(DataError, match="no training samples"):
         fit_localizer([], working_size=WORKING)
+
+
+@pytest.mark.parametrize(
+    ("right", "left", "symmetry", "problem"),
+    [
+        (_Candidate(100, 200, 20, 0.9), _Candidate(300, 200, 40, 0.9), 0.6, "radii differ by a factor 2.0"),
+        (_Candidate(100, 100, 20, 0.9), _Candidate(300, 220, 20, 0.9), 0.6, "not side by side"),
+        (_Candidate(100, 200, 20, 0.9), _Candidate(160, 200, 20, 0.9), 0.6, "radii apart"),
+        (_Candidate(100, 200, 4, 0.9), _Candidate(160, 200, 4, 0.9), 0.6, "of the image width apart"),
+        (_Candidate(100, 200, 20, 0.9), _Candidate(300, 200, 20, 0.9), -0.2, "not mirror-symmetric"),
+    ],
+)
+def test_pairing_rejects_implausible_pairs(right, left, symmetry: float, problem: str) -> None:
+    problems = _pair_problems(right, left, 500, symmetry)
+    assert any(problem in p for p in problems), problems
+    assert _pair_problems(_Candidate(100, 200, 20, 0.9), _Candidate(300, 210, 22, 0.8), 500, 0.6) == []
+
+
+def test_heads_carry_side_centre_radius_and_confidence(trained, held_out) -> None:
+    img, left, right = held_out[0]
+    heads = find_heads(trained, img)
+    assert heads.side_source == "AP display convention" and heads.right_on_image_left
+    assert [h.side for h in heads.found] == ["right", "left"]
+    for head, truth in zip(heads.found, (right, left), strict=True):
+        assert head.box == getattr(heads, head.side)
+        assert np.linalg.norm(np.array(head.centre) - _centre(truth)) < 0.05 * W
+        assert 0.7 < 1.3 * head.radius / ((truth[2] - truth[0]) / 2) < 1.4
+        assert 0 < head.confidence <= 1
+    assert 0 < heads.confidence <= min(h.confidence for h in heads.found)
+    info = heads.info()
+    assert info["localizer_side_source"] == "AP display convention" and "localizer_left_radius" in info
+
+
+def test_side_tags_flip_the_assignment(trained, held_out) -> None:
+    img, left, right = held_out[0]
+    for tags in ({"PatientOrientation": ["R", "F"]}, {"ViewPosition": "PA"}):
+        heads = find_heads(trained, img, tags=tags)
+        assert not heads.right_on_image_left and heads.side_source.startswith("DICOM")
+        assert np.linalg.norm(_centre(heads.left) - _centre(right)) < 0.05 * W  # the head on the image's left
+        assert np.linalg.norm(_centre(heads.right) - _centre(left)) < 0.05 * W
+
+
+def test_a_non_pelvis_image_is_refused_with_a_reason(trained) -> None:
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:H, 0:W]
+    one_disc = 0.2 + rng.normal(0, 0.05, (H, W)) + 0.6 * (np.hypot(xx - 60, yy - 48) < 8)  # one round bone
+    for name, image in (("noise", rng.normal(0, 1, (H, W))), ("one disc", one_disc)):
+        try:
+            found = find_heads(trained, image)
+        except DataError as error:
+            assert "femoral-head candidate" in error.reason or "no pair of the" in error.reason
+        else:
+            pytest.fail(f"{name}: {found}")

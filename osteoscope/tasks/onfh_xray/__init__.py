@@ -165,15 +165,19 @@ class OnfhXray(Task):
 
     def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
         """A radiograph with ``box_left``/``box_right``, or boxes found by the localiser
-        (``--localizer FILE``, default ``RUN/localizer.pt``). Degenerate or implausible localiser boxes are
-        an error naming the file; the localiser's confidence and held-out centre error go into the case's
-        ``extra`` for :meth:`check_study` and the prediction's ``study_info``."""
+        (``--localizer FILE``, default ``RUN/localizer.pt``), the patient side decided from the file's DICOM
+        tags and a burned-in marker (:mod:`osteoscope.tasks.onfh_xray.sides`). A film on which the localiser
+        finds no plausible pair of heads, or degenerate boxes, is an error naming the file and the reason.
+        What was found (per side: centre, radius, box, confidence; the side's source; flags such as a marker
+        contradicting the tags) and the localiser's held-out centre error go into the case's ``extra`` for
+        :meth:`check_study` and the prediction's ``study_info``."""
         case = super().study_case(inputs, run_dir)
         if {"box_left", "box_right"} <= set(case.boxes):
             return case
         if case.boxes:
             raise DataError("give both head boxes (--box left=... --box right=...) or neither")
         from osteoscope.tasks.onfh_xray.localizer import confidence_floor, find_heads, implausible_heads, load_localizer
+        from osteoscope.tasks.onfh_xray.sides import read_side_tags
 
         image = check_image(read_image(case.images["image"]), ndim=2)  # a bad radiograph is named as such
         path = Path(inputs.files.get("localizer") or run_dir / LOCALIZER_FILE)
@@ -182,15 +186,21 @@ class OnfhXray(Task):
                 "no head localiser found: pass --localizer FILE or --box left=... --box right=...", path=path
             )
         localizer = load_localizer(path)
-        heads = find_heads(localizer, image.array)
+        hint = "give the boxes with --box left=... --box right=..."
+        try:
+            heads = find_heads(localizer, image.array, tags=read_side_tags(case.images["image"]))
+        except DataError as error:
+            raise DataError(
+                f"the femoral-head localiser ({path}) found no plausible pair of heads: {error.reason}; {hint}",
+                path=case.images["image"],
+            ) from None
         problems = implausible_heads(heads, image.array.shape)
         if problems:
             raise DataError(
-                f"the femoral-head localiser ({path}) found no plausible pair of heads: {'; '.join(problems)}; "
-                "give the boxes with --box left=... --box right=...",
+                f"the femoral-head localiser ({path}) found no plausible pair of heads: {'; '.join(problems)}; {hint}",
                 path=case.images["image"],
             )
-        extra = {"localizer": str(path), "localizer_confidence": f"{heads.confidence:.4f}"}
+        extra = {"localizer": str(path), **heads.info()}
         floor = confidence_floor(localizer)
         if floor is not None:
             extra["localizer_confidence_floor"] = f"{floor:.4f}"
@@ -199,8 +209,11 @@ class OnfhXray(Task):
         return Case(case.case_id, "", case.images, boxes=boxes, extra=extra)
 
     def check_study(self, case: Case, profile: Mapping[str, Any] | None) -> list[str]:
-        """The generic checks, and the localiser's confidence against its floor from held-out patients."""
+        """The generic checks, the localiser's flags (e.g. a side marker contradicting the DICOM tags), and its
+        confidence against its floor from held-out patients."""
         problems = super().check_study(case, profile)
+        if case.extra.get("localizer_flags"):
+            problems.append(f"head localiser: {case.extra['localizer_flags']}")
         if "localizer_confidence_floor" in case.extra:
             confidence, floor = (
                 float(case.extra["localizer_confidence"]),
@@ -208,7 +221,7 @@ class OnfhXray(Task):
             )
             if confidence < floor:
                 problems.append(
-                    f"the head localiser's confidence {confidence:.3f} is below {floor:.3f}, half its lowest on "
+                    f"the head localiser's confidence {confidence:.3f} is below {floor:.3f}, half its median on "
                     "held-out patients: the image may not show a pelvis"
                 )
         return problems
