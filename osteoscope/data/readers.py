@@ -27,9 +27,9 @@ box maps between the two frames by multiplying or dividing its edges by ``f`` (:
 ``(rows, columns)``, and ``spacing`` is that of the returned array (``f`` times the file's).
 
 One decode per study: inside ``with decode_once(min_side=N):`` every :func:`read_image` of the same file
-with the same arguments returns the same :class:`Image` (its array read-only), and a read without
-``min_side`` uses ``N``; ``predict`` wraps each study in it, so the localiser, the sample builder and the
-out-of-distribution guard share one reduced decode. Outside the block nothing is cached.
+with the same arguments returns a copy of the first decode, and a read without ``min_side`` uses ``N``;
+``predict`` wraps each study in it, so the localiser, the sample builder and the out-of-distribution guard
+share one reduced decode. Outside the block nothing is cached.
 """
 
 from __future__ import annotations
@@ -130,9 +130,9 @@ _STUDY: ContextVar[_Study | None] = ContextVar("osteoscope_decode_once", default
 @contextmanager
 def decode_once(min_side: int | None = None) -> Iterator[None]:
     """Within the block, decode each file once: a repeated :func:`read_image` with the same file and
-    arguments returns the same :class:`Image` (its array made read-only, so no caller can change what the
-    next one sees), and a read that gives no ``min_side`` uses this one. The decodes are dropped when the
-    block ends.
+    arguments returns a copy of the first decode (a copy, so no caller can change what the next one sees; it
+    costs well under a millisecond at a reduced scale), and a read that gives no ``min_side`` uses this one.
+    The decodes are dropped when the block ends.
 
     ``predict`` wraps each study in it with the task's :attr:`~osteoscope.tasks.base.Task.study_min_side`.
     """
@@ -173,10 +173,9 @@ def read_image(path: str | Path, *, voi: bool | None = None, min_side: int | Non
         return _read(Path(path), voi, min_side)
     key = (str(Path(path).absolute()), voi, min_side)
     if key not in study.images:
-        image = _read(Path(path), voi, min_side)
-        image.array.flags.writeable = False
-        study.images[key] = image
-    return study.images[key]
+        study.images[key] = _read(Path(path), voi, min_side)
+    image = study.images[key]
+    return Image(image.array.copy(), image.spacing, dict(image.meta))
 
 
 def _read(path: Path, voi: bool | None, min_side: int | None) -> Image:
