@@ -171,7 +171,7 @@ def read_image(path: str | Path, *, voi: bool | None = None, min_side: int | Non
         raise ValueError(f"min_side must be at least 1, got {min_side}")
     if study is None:
         return _read(Path(path), voi, min_side)
-    key = (str(Path(path).absolute()), voi, min_side)
+    key = (str(Path(path).resolve()), voi, min_side)
     if key not in study.images:
         study.images[key] = _read(Path(path), voi, min_side)
     image = study.images[key]
