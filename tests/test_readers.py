@@ -416,3 +416,41 @@ def test_boxes_map_exactly_between_file_and_decoded_pixels(tmp_path: Path) -> No
     assert box_to_file(found, image) == box
     assert box_to_decoded(box, image) == (75.0, 40.0, 105.0, 70.0)
     assert box_to_file(box_to_decoded((601, 322, 843, 559), image), image) == (601, 322, 843, 559)
+
+
+def test_jpeg_baseline_dicom_decodes_at_a_reduced_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grey and YBR frames go through Pillow's draft mode; a JPEG holding untransformed RGB is decoded in full
+    by pydicom (Pillow would take it for YCbCr) and block-averaged: every one is the full decode's picture."""
+    ds = pydicom.dcmread(pydicom_file("RG1_UNCR.dcm"))  # MONOCHROME1 CR, 15 bit: re-encoded as 8-bit JPEG
+    pixels = (ds.pixel_array >> 7).astype(np.uint8)
+    jpeg = tmp_path / "frame.jpg"
+    PILImage.fromarray(pixels).save(jpeg, quality=92)
+    ds.PixelData = encapsulate([jpeg.read_bytes()])
+    ds["PixelData"].VR = "OB"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTSequence"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    path = tmp_path / "cr_jpeg.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    drafted = []
+    draft = JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImageFile, "draft", lambda self, mode, size: (draft(self, mode, size), drafted.append(self.size))[0]
+    )
+    cases = [
+        (path, 400, 4, True),  # 1841 // 4 = 460 >= 400
+        (pydicom_file("SC_rgb_jpeg_dcmtk.dcm"), 20, 4, True),  # YBR_FULL, 100 x 100
+        (pydicom_file("SC_jpeg_no_color_transform.dcm"), 20, 8, False),  # RGB, 256 x 256
+    ]
+    for file, min_side, factor, expect_draft in cases:
+        drafted.clear()
+        full, image = read_image(file), read_image(file, min_side=min_side)
+        assert bool(drafted) == expect_draft, file.name
+        assert image.meta["decode_scale"] == factor and image.meta["inverted"] == full.meta["inverted"]
+        assert image.array.shape == tuple(-(-n // factor) for n in full.array.shape)
+        reference = block_mean(full.array, factor)
+        h, w = reference.shape
+        assert np.abs(reference - image.array[:h, :w]).mean() < 0.02 * np.ptp(full.array), file.name
+        assert np.corrcoef(reference.ravel(), image.array[:h, :w].ravel())[0, 1] > 0.98, file.name

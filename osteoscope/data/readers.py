@@ -17,14 +17,15 @@ Intensity conventions:
 
 Reduced-scale decoding (``read_image(path, min_side=N)``, 2-D images): the image is returned at the coarsest
 of the reductions 1/2, 1/4, 1/8 (:data:`DECODE_SCALES`) at which its shorter side keeps at least ``N``
-pixels, or in full when even 1/2 would leave fewer. A JPEG is decoded straight at that scale by the codec's
-DCT scaling (Pillow's draft mode), so the full-size picture is never made; PNG, TIFF and DICOM are decoded in
-full and their stored values then averaged over ``f x f`` blocks (area), before any value mapping (DICOM
-rescale, VOI LUT or window, MONOCHROME1 inversion, colour to grey), so every later step runs on the small
-array. Output pixel ``i`` covers file pixels ``[i * f, (i + 1) * f)`` (the last block may be partial), so a
-box maps between the two frames by multiplying or dividing its edges by ``f`` (:func:`box_to_file`,
-:func:`box_to_decoded`). ``meta["decode_scale"]`` is ``f``, ``meta["file_shape"]`` the file's full
-``(rows, columns)``, and ``spacing`` is that of the returned array (``f`` times the file's).
+pixels, or in full when even 1/2 would leave fewer. A JPEG (a file, or the frame of a JPEG-baseline DICOM) is
+decoded straight at that scale by the codec's DCT scaling (Pillow's draft mode), so the full-size picture is
+never made; PNG, TIFF and other DICOM are decoded in full and their stored values then averaged over
+``f x f`` blocks (area). Both come before any value mapping (DICOM rescale, VOI LUT or window, MONOCHROME1
+inversion, colour to grey), so every later step runs on the small array. Output pixel ``i`` covers file
+pixels ``[i * f, (i + 1) * f)`` (the last block may be partial), so a box maps between the two frames by
+multiplying or dividing its edges by ``f`` (:func:`box_to_file`, :func:`box_to_decoded`).
+``meta["decode_scale"]`` is ``f``, ``meta["file_shape"]`` the file's full ``(rows, columns)``, and
+``spacing`` is that of the returned array (``f`` times the file's).
 
 One decode per study: inside ``with decode_once(min_side=N):`` every :func:`read_image` of the same file
 with the same arguments returns a copy of the first decode, and a read without ``min_side`` uses ``N``;
@@ -35,6 +36,7 @@ share one reduced decode. Outside the block nothing is cached.
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +54,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image as PILImage
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
@@ -478,8 +481,12 @@ def _transfer_syntax(ds: Dataset) -> pydicom.uid.UID:
     return uid
 
 
-def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
-    """Decode the stored pixels, turning absurd sizes, missing decoders and corrupt data into DataError."""
+def _decode_pixels(ds: Dataset, path: Path, reduce_by: int = 1) -> tuple[np.ndarray, int]:
+    """Decode the stored pixels, turning absurd sizes, missing decoders and corrupt data into DataError.
+
+    With ``reduce_by`` > 1 a single-frame JPEG baseline image is decoded at that reduction by the codec's DCT
+    scaling (:func:`_draft_jpeg_frame`). Returns the pixels and the reduction already made (1: full size).
+    """
     try:
         frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
         claimed = (
@@ -492,6 +499,12 @@ def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
         raise DataError(f"DICOM image without a valid size (Rows, Columns): {exc}", path=path) from exc
     _check_claimed_size(claimed, path)
     uid = _transfer_syntax(ds)
+    # Pillow treats a 3-component JPEG as YCbCr, so it decodes grey and YBR_FULL(_422) frames as pydicom does
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if reduce_by > 1 and frames == 1 and uid == pydicom.uid.JPEGBaseline8Bit and photometric != "RGB":
+        drafted = _draft_jpeg_frame(ds, reduce_by)
+        if drafted is not None:
+            return drafted
     try:
         available = get_decoder(uid).is_available
     except NotImplementedError:
@@ -503,9 +516,26 @@ def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
             path=path,
         )
     try:
-        return ds.pixel_array
+        return ds.pixel_array, 1
     except Exception as exc:  # decoders and plugins raise many types for corrupt data
         raise DataError(f"cannot decode the pixel data ({uid.name}): {exc}", path=path) from exc
+
+
+def _draft_jpeg_frame(ds: Dataset, factor: int) -> tuple[np.ndarray, int] | None:
+    """The one JPEG baseline frame of ``ds`` decoded by Pillow at up to ``factor`` reduction (draft mode), and
+    the reduction made; None when Pillow cannot read it as the header describes (pydicom's decoder then
+    decodes it, or reports why not). Colour comes out as RGB, as pydicom gives it."""
+    rows, columns, samples = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1)
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        with PILImage.open(io.BytesIO(frame)) as pil:
+            pil.draft(pil.mode, (columns // factor, rows // factor))
+            raw = np.asarray(pil.convert("RGB") if pil.mode in ("YCbCr", "CMYK") else pil)
+    except (OSError, ValueError, SyntaxError, EOFError, StopIteration):
+        return None
+    done = round(columns / raw.shape[1])
+    expected = (-(-rows // done), -(-columns // done), *((samples,) if samples > 1 else ()))
+    return (raw, done) if raw.shape == expected and raw.dtype == np.uint8 else None
 
 
 def _stored_range(ds: Dataset) -> tuple[float, float] | None:
@@ -559,9 +589,11 @@ def _dicom_values(
             f"DICOM without pixel data (SOP class {ds.get('SOPClassUID', 'unknown')!s}); not an image",
             path=path,
         )
-    raw = _decode_pixels(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    full = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+    factor = _reduction(full, min_side) if frames == 1 else 1
+    raw, done = _decode_pixels(ds, path, factor if photometric != "PALETTE COLOR" else 1)
     meta: dict[str, Any] = {
         "format": "dicom",
         "path": str(path),
@@ -580,9 +612,7 @@ def _dicom_values(
     if photometric == "PALETTE COLOR":
         raw = apply_color_lut(raw, ds)
     if frames == 1:
-        full = raw.shape[:2]
-        factor = _reduction(full, min_side)
-        raw = _reduce_stored(raw, factor)
+        raw = _reduce_stored(raw, factor // done)
         _reduced_meta(meta, full, factor, min_side)
     colour = int(ds.get("SamplesPerPixel", 1)) > 1 or photometric == "PALETTE COLOR"
     if colour:
