@@ -11,12 +11,13 @@ import pydicom
 import pytest
 import tifffile
 from PIL import Image as PILImage
+from PIL.JpegImagePlugin import JpegImageFile
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_voi_lut, get_decoder
 from pydicom.uid import MPEG2MPML, JPEG2000Lossless
 
-from osteoscope.data.readers import Image, read_image
+from osteoscope.data.readers import Image, box_to_decoded, box_to_file, read_image
 from osteoscope.errors import DataError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -319,3 +320,137 @@ def test_image_rejects_inconsistent_construction() -> None:
         Image(np.zeros((4, 4), dtype=np.float64), (1.0, 1.0), {})
     with pytest.raises(ValueError, match="spacing"):
         Image(np.zeros((2, 4, 4), dtype=np.float32), (1.0, 1.0), {})
+
+
+# --------------------------------------------------------------------------- reduced-scale decoding
+
+
+def film(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A smooth picture with edges and fine texture, 0..1: enough structure for a correlation to mean much."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]] / max(shape)
+    picture = 0.4 + 0.3 * np.sin(9 * x + 4 * y) * np.cos(7 * y) + 0.2 * ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.04)
+    return np.clip(picture + rng.normal(0, 0.02, shape), 0, 1)
+
+
+def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of full ``factor`` x ``factor`` blocks (partial edge blocks dropped), float64."""
+    h, w = (n // factor * factor for n in array.shape)
+    return array[:h, :w].astype(np.float64).reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def test_jpeg_decodes_at_a_reduced_scale_through_draft_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "film.jpg"
+    PILImage.fromarray((film((1203, 1001)) * 255).astype(np.uint8)).save(path, quality=95)
+    decoded_sizes = []
+    draft = JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImageFile, "draft", lambda self, mode, size: (draft(self, mode, size), decoded_sizes.append(self.size))[0]
+    )
+    full = read_image(path)
+    image = read_image(path, min_side=250)  # 1001 // 4 = 250: a quarter keeps 250 px on the shorter side
+    assert decoded_sizes == [(251, 301)], "the codec itself decodes at 1/4 (DCT scaling), no full decode"
+    assert image.array.shape == (301, 251) and image.array.dtype == np.float32
+    assert image.spacing == (4.0, 4.0) and image.meta["decode_scale"] == 4 and image.meta["file_shape"] == (1203, 1001)
+    reference = block_mean(full.array, 4)
+    assert np.corrcoef(reference.ravel(), image.array[:300, :250].ravel())[0, 1] > 0.995
+    assert np.abs(reference - image.array[:300, :250]).mean() < 2.0  # same grey levels, 0..255
+    assert read_image(path, min_side=251).meta["decode_scale"] == 2  # a quarter would leave 250 < 251
+    assert read_image(path, min_side=2000).array.shape == (1203, 1001)  # smaller than asked: in full
+
+
+def test_png_tiff_and_dicom_reduce_by_block_means_before_the_value_mapping(tmp_path: Path) -> None:
+    values = (film((1203, 1001), seed=1) * 60000).astype(np.uint16)
+    png, tiff = tmp_path / "film.png", tmp_path / "film.tif"
+    PILImage.fromarray(values).save(png)
+    tifffile.imwrite(tiff, values, photometric="miniswhite")
+    for path, expected in ((png, values.astype(np.float64)), (tiff, 65535.0 - values)):
+        image = read_image(path, min_side=120)  # 1001 // 8 = 125 >= 120
+        assert image.array.shape == (151, 126) and image.spacing == (8.0, 8.0)
+        np.testing.assert_allclose(image.array[:150, :125], block_mean(expected, 8), rtol=1e-5)
+        np.testing.assert_allclose(image.array[150, 125], expected[1200:, 1000:].mean(), rtol=1e-5)  # partial block
+    dicom = pydicom_file("RG1_UNCR.dcm")  # MONOCHROME1 CR, windowed then inverted
+    full, image = read_image(dicom), read_image(dicom, min_side=400)
+    assert image.meta["decode_scale"] == 4 and image.meta["inverted"] and image.meta["voi"] == full.meta["voi"]
+    assert image.array.shape == tuple(-(-n // 4) for n in full.array.shape)
+    assert image.spacing == tuple(4 * s for s in full.spacing)
+    reference = block_mean(full.array, 4)
+    h, w = reference.shape
+    assert np.corrcoef(reference.ravel(), image.array[:h, :w].ravel())[0, 1] > 0.999
+
+
+def test_decode_once_decodes_each_file_once_and_hands_out_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from osteoscope.data import readers
+
+    path = tmp_path / "film.png"
+    PILImage.fromarray((film((640, 800)) * 255).astype(np.uint8)).save(path)
+    calls: list[tuple[Path, int | None]] = []
+    read = readers._read
+    monkeypatch.setattr(
+        readers, "_read", lambda p, voi, min_side: (calls.append((p, min_side)), read(p, voi, min_side))[1]
+    )
+    with readers.decode_once(min_side=150):
+        first = read_image(path)
+        first.array[:] = 0  # a caller spoiling its copy does not spoil the next one's
+        second = read_image(tmp_path / ".." / tmp_path.name / "film.png")
+        assert read_image(path, min_side=640).meta["decode_scale"] == 1  # an explicit scale is another decode
+    assert calls == [(path, 150), (path, 640)]
+    assert second.array.shape == (160, 200) and second.array.max() > 0 and second.meta["decode_scale"] == 4
+    read_image(path)
+    read_image(path)
+    assert len(calls) == 4 and calls[-1] == (path, None)  # outside the block: no cache, full resolution
+
+
+def test_boxes_map_exactly_between_file_and_decoded_pixels(tmp_path: Path) -> None:
+    values = np.full((1040, 1296), 1000, np.uint16)
+    box = (600, 320, 840, 560)  # x0 y0 x1 y1 on a multiple of 8
+    values[box[1] : box[3], box[0] : box[2]] = 30000
+    path = tmp_path / "film.png"
+    PILImage.fromarray(values).save(path)
+    image = read_image(path, min_side=130)
+    assert image.meta["decode_scale"] == 8
+    ys, xs = np.nonzero(image.array > 15000)
+    found = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert box_to_file(found, image) == box
+    assert box_to_decoded(box, image) == (75.0, 40.0, 105.0, 70.0)
+    assert box_to_file(box_to_decoded((601, 322, 843, 559), image), image) == (601, 322, 843, 559)
+
+
+def test_jpeg_baseline_dicom_decodes_at_a_reduced_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grey and YBR frames go through Pillow's draft mode; a JPEG holding untransformed RGB is decoded in full
+    by pydicom (Pillow would take it for YCbCr) and block-averaged: every one is the full decode's picture."""
+    ds = pydicom.dcmread(pydicom_file("RG1_UNCR.dcm"))  # MONOCHROME1 CR, 15 bit: re-encoded as 8-bit JPEG
+    pixels = (ds.pixel_array >> 7).astype(np.uint8)
+    jpeg = tmp_path / "frame.jpg"
+    PILImage.fromarray(pixels).save(jpeg, quality=92)
+    ds.PixelData = encapsulate([jpeg.read_bytes()])
+    ds["PixelData"].VR = "OB"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTSequence"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    path = tmp_path / "cr_jpeg.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    drafted = []
+    draft = JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImageFile, "draft", lambda self, mode, size: (draft(self, mode, size), drafted.append(self.size))[0]
+    )
+    cases = [
+        (path, 400, 4, True),  # 1841 // 4 = 460 >= 400
+        (pydicom_file("SC_rgb_jpeg_dcmtk.dcm"), 20, 4, True),  # YBR_FULL, 100 x 100
+        (pydicom_file("SC_jpeg_no_color_transform.dcm"), 20, 8, False),  # RGB, 256 x 256
+    ]
+    for file, min_side, factor, expect_draft in cases:
+        drafted.clear()
+        full, image = read_image(file), read_image(file, min_side=min_side)
+        assert bool(drafted) == expect_draft, file.name
+        assert image.meta["decode_scale"] == factor and image.meta["inverted"] == full.meta["inverted"]
+        assert image.array.shape == tuple(-(-n // factor) for n in full.array.shape)
+        reference = block_mean(full.array, factor)
+        h, w = reference.shape
+        assert np.abs(reference - image.array[:h, :w]).mean() < 0.02 * np.ptp(full.array), file.name
+        assert np.corrcoef(reference.ravel(), image.array[:h, :w].ravel())[0, 1] > 0.98, file.name

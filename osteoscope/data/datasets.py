@@ -30,7 +30,7 @@ from osteoscope.data.augment import SpatialAugmentation, apply_transforms
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.fingerprints import record
 from osteoscope.data.manifest import Box, Case, nearest_name
-from osteoscope.data.readers import Image, check_image, read_image
+from osteoscope.data.readers import Image, box_to_decoded, check_image, file_shape, read_image
 from osteoscope.data.transforms import (
     apply_intensity,
     box_problem,
@@ -399,7 +399,9 @@ class BilateralRois:
     same pixel means the same anatomy.
 
     With ``cache`` each radiograph is decoded once and only the two head regions are kept, so later epochs
-    do not wait for image decoding.
+    do not wait for image decoding. Training and evaluation read the film in full; ``predict`` reads it at
+    onfh-xray's reduced scale (boxes mapped from file pixels onto the decoded array), where the head box still
+    spans more pixels than the ROI.
 
     Training augmentation (when the dataset passes a generator): box jitter, one intensity transform for
     both sides, and with probability 0.5 a swap of the two sides (with their side labels) - a mirror image of
@@ -433,7 +435,7 @@ class BilateralRois:
                             case_id=case.case_id)  # fmt: skip
         return left, right
 
-    def head_region(self, image: np.ndarray, box: Box) -> HeadRegion:
+    def head_region(self, image: np.ndarray, box: Sequence[float]) -> HeadRegion:
         """The square neighbourhood of a head box (``REGION_CONTEXT`` x its side, room for jitter), shrunk so
         the box spans at most ``2 * size`` pixels, and the box in the region's coordinates.
 
@@ -458,11 +460,16 @@ class BilateralRois:
         return region, local
 
     def decode(self, case: Case) -> tuple[HeadRegion, HeadRegion]:
-        """Both head regions of a case."""
+        """Both head regions of a case. The boxes are in the file's pixels; on a reduced decode (``predict``,
+        see :func:`~osteoscope.data.readers.decode_once`) they are mapped onto the decoded array."""
         self.boxes(case)  # a missing box is named before the image is read
-        image = read_array(case, self.image_column, ndim=2)
-        left, right = (case_box(case, column, image.shape, self.image_column) for column in ("box_left", "box_right"))
-        return self.head_region(image, left), self.head_region(image, right)
+        image = read_case_image(case, self.image_column, ndim=2)
+        shape = file_shape(image)
+        left, right = (case_box(case, column, shape, self.image_column) for column in ("box_left", "box_right"))
+        array = image.array.astype(np.float32, copy=False)
+        return self.head_region(array, box_to_decoded(left, image)), self.head_region(
+            array, box_to_decoded(right, image)
+        )
 
     def crop_rois(self, left: HeadRegion, right: HeadRegion) -> tuple[np.ndarray, np.ndarray]:
         """Crop, resize, mirror and jointly normalise the two ROIs from their regions."""

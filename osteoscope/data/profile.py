@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from osteoscope.data.readers import Image, read_image
+from osteoscope.data.readers import Image, file_shape, read_image
 from osteoscope.errors import DataError
 
 PROFILE_VERSION = 1
@@ -36,14 +36,15 @@ QUANTILE_MARGIN = 0.12  # a scaled percentile this much (of the [0, 1] range)
 
 def image_features(image: Image) -> dict[str, float]:
     """The features of one image or volume (see the module docstring)."""
-    array = image.array
+    array = image.array  # may be a reduced decode (predict): sizes are the file's, percentiles barely move
     step = max(1, int(np.ceil((array.size / SAMPLE_PIXELS) ** (1 / array.ndim))))
     sample = array[(slice(None, None, step),) * array.ndim].astype(np.float64).ravel()
     lo, hi = np.percentile(sample, [1, 99])
     scaled = np.clip((sample - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
     features: dict[str, float] = {"ndim": float(array.ndim)}
-    features.update({f"size_{axis}": float(n) for axis, n in enumerate(array.shape)})
-    features["aspect"] = array.shape[-1] / array.shape[-2]
+    shape = file_shape(image)
+    features.update({f"size_{axis}": float(n) for axis, n in enumerate(shape)})
+    features["aspect"] = shape[-1] / shape[-2]
     features.update({f"q{q}": float(v) for q, v in zip(QUANTILES, np.percentile(scaled, QUANTILES), strict=True)})
     return features
 

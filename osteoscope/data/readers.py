@@ -14,12 +14,33 @@ Intensity conventions:
       normalise without looking at the data.
     * NIfTI volumes are reoriented to the DICOM patient axes (x toward the patient's left,
       y toward posterior, z toward superior) so they display like a DICOM axial series.
+
+Reduced-scale decoding (``read_image(path, min_side=N)``, 2-D images): the image is returned at the coarsest
+of the reductions 1/2, 1/4, 1/8 (:data:`DECODE_SCALES`) at which its shorter side keeps at least ``N``
+pixels, or in full when even 1/2 would leave fewer. A JPEG (a file, or the frame of a JPEG-baseline DICOM) is
+decoded straight at that scale by the codec's DCT scaling (Pillow's draft mode), so the full-size picture is
+never made; PNG, TIFF and other DICOM are decoded in full and their stored values then averaged over
+``f x f`` blocks (area). Both come before any value mapping (DICOM rescale, VOI LUT or window, MONOCHROME1
+inversion, colour to grey), so every later step runs on the small array. Output pixel ``i`` covers file
+pixels ``[i * f, (i + 1) * f)`` (the last block may be partial), so a box maps between the two frames by
+multiplying or dividing its edges by ``f`` (:func:`box_to_file`, :func:`box_to_decoded`).
+``meta["decode_scale"]`` is ``f``, ``meta["file_shape"]`` the file's full ``(rows, columns)``, and
+``spacing`` is that of the returned array (``f`` times the file's).
+
+One decode per study: inside ``with decode_once(min_side=N):`` every :func:`read_image` of the same file
+with the same arguments returns a copy of the first decode, and a read without ``min_side`` uses ``N``;
+``predict`` wraps each study in it, so the localiser, the sample builder and the out-of-distribution guard
+share one reduced decode. Outside the block nothing is cached.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +54,27 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image as PILImage
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
 from osteoscope.errors import DataError
 
-__all__ = ["MAX_VOXELS", "MIN_SIDE", "PROJECTION_MODALITIES", "Image", "check_image", "missing_reason", "read_image"]
+__all__ = [
+    "DECODE_SCALES",
+    "MAX_VOXELS",
+    "MIN_SIDE",
+    "PROJECTION_MODALITIES",
+    "Image",
+    "box_to_decoded",
+    "box_to_file",
+    "check_image",
+    "decode_once",
+    "decode_scale",
+    "file_shape",
+    "missing_reason",
+    "read_image",
+]
 
 #: DICOM modalities for which ``read_image(voi=None)`` applies the stored VOI LUT/window.
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "RF", "XA", "MG"})
@@ -48,6 +84,8 @@ MAX_VOXELS = 2**29
 #: Smallest side, in pixels, of an image a model is given (:func:`check_image`): smaller is no radiograph,
 #: CT or MR but a thumbnail, an icon or a failed export.
 MIN_SIDE = 8
+#: Reductions a reduced-scale decode chooses from (those of JPEG's DCT scaling), finest first.
+DECODE_SCALES = (1, 2, 4, 8)
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -81,7 +119,34 @@ class Image:
             raise ValueError(f"Image.spacing {self.spacing} does not match array shape {self.array.shape}")
 
 
-def read_image(path: str | Path, *, voi: bool | None = None) -> Image:
+@dataclass
+class _Study:
+    """The decodes of one :func:`decode_once` block."""
+
+    min_side: int | None
+    images: dict[tuple[str, bool | None, int | None], Image] = field(default_factory=dict)
+
+
+_STUDY: ContextVar[_Study | None] = ContextVar("osteoscope_decode_once", default=None)
+
+
+@contextmanager
+def decode_once(min_side: int | None = None) -> Iterator[None]:
+    """Within the block, decode each file once: a repeated :func:`read_image` with the same file and
+    arguments returns a copy of the first decode (a copy, so no caller can change what the next one sees; it
+    costs well under a millisecond at a reduced scale), and a read that gives no ``min_side`` uses this one.
+    The decodes are dropped when the block ends.
+
+    ``predict`` wraps each study in it with the task's :attr:`~osteoscope.tasks.base.Task.study_min_side`.
+    """
+    token = _STUDY.set(_Study(min_side))
+    try:
+        yield
+    finally:
+        _STUDY.reset(token)
+
+
+def read_image(path: str | Path, *, voi: bool | None = None, min_side: int | None = None) -> Image:
     """Read one image file, or a folder holding one DICOM series, as a grey float32 :class:`Image`.
 
     Args:
@@ -91,14 +156,33 @@ def read_image(path: str | Path, *, voi: bool | None = None) -> Image:
         voi: DICOM only. ``True`` applies the stored VOI LUT or window, ``False`` keeps modality
             values (e.g. HU), ``None`` applies it for projection radiography
             (:data:`PROJECTION_MODALITIES` or no modality) and not otherwise.
+        min_side: 2-D images only (volumes are always read in full): decode at the coarsest scale of
+            :data:`DECODE_SCALES` whose shorter side keeps at least this many pixels (see the module
+            docstring); ``None`` decodes in full, or at the enclosing :func:`decode_once` block's value.
 
     Returns:
-        The image; ``meta`` records format, source path and every value transform applied.
+        The image; ``meta`` records format, source path and every value transform applied, and with
+        ``min_side`` the ``decode_scale`` and ``file_shape``.
 
     Raises:
         DataError: the path is missing, unreadable, not an image, or in an unsupported format.
     """
-    path = Path(path)
+    study = _STUDY.get()
+    if min_side is None and study is not None:
+        min_side = study.min_side
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be at least 1, got {min_side}")
+    if study is None:
+        return _read(Path(path), voi, min_side)
+    key = (str(Path(path).resolve()), voi, min_side)
+    if key not in study.images:
+        study.images[key] = _read(Path(path), voi, min_side)
+    image = study.images[key]
+    return Image(image.array.copy(), image.spacing, dict(image.meta))
+
+
+def _read(path: Path, voi: bool | None, min_side: int | None) -> Image:
+    """:func:`read_image` without the :func:`decode_once` bookkeeping."""
     if not path.exists():
         raise DataError(missing_reason(path), path=path)
     if path.is_dir():
@@ -116,16 +200,76 @@ def read_image(path: str | Path, *, voi: bool | None = None) -> Image:
     if name.endswith((".nii", ".nii.gz")):
         return _read_nifti(path)
     if head[128:132] == b"DICM":
-        return _read_dicom_file(path, voi, force=False)
+        return _read_dicom_file(path, voi, force=False, min_side=min_side)
     if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
-        return _read_pil(path)
+        return _read_pil(path, min_side)
     if head.startswith(_TIFF_MAGICS):
-        return _read_tiff(path)
+        return _read_tiff(path, min_side)
     if suffix in _PIL_SUFFIXES or suffix in _TIFF_SUFFIXES:
         raise DataError(f"not a valid {suffix[1:].upper()} image: the content has no image signature", path=path)
     if suffix in _DICOM_SUFFIXES or suffix[1:].isdigit():
-        return _read_dicom_file(path, voi, force=True)
+        return _read_dicom_file(path, voi, force=True, min_side=min_side)
     raise DataError(f"unsupported file type {suffix!r}; supported: {_SUPPORTED}", path=path)
+
+
+def decode_scale(image: Image) -> int:
+    """The reduction ``f`` an image was decoded at (1: full resolution)."""
+    return int(image.meta.get("decode_scale", 1))
+
+
+def file_shape(image: Image) -> tuple[int, ...]:
+    """The shape of the image as stored in its file (the array's shape unless it was decoded reduced)."""
+    return tuple(image.meta.get("file_shape", image.array.shape))
+
+
+def box_to_file(box: Sequence[float], image: Image) -> tuple[int, ...]:
+    """A ``x0 y0 x1 y1`` box in the decoded array's pixels as file pixels (edges times the decode scale,
+    exact), so what a reduced decode found is reported in the coordinates of the manifest and ``--box``."""
+    factor = decode_scale(image)
+    return tuple(round(v * factor) for v in box)
+
+
+def box_to_decoded(box: Sequence[float], image: Image) -> tuple[float, ...]:
+    """A box in file pixels as (fractional) pixels of the decoded array: edges divided by the decode scale."""
+    factor = decode_scale(image)
+    return tuple(v if factor == 1 else v / factor for v in box)
+
+
+def _reduction(shape: Sequence[int], min_side: int | None) -> int:
+    """The coarsest factor of :data:`DECODE_SCALES` that keeps ``min_side`` pixels on the shorter side."""
+    if min_side is None:
+        return 1
+    return max(f for f in DECODE_SCALES if f == 1 or min(shape) // f >= min_side)
+
+
+def _block_mean(raw: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor x factor`` blocks of the first two axes in float32 (a partial last block averages the
+    pixels it has); a third axis (colour samples) is kept."""
+    import torch
+    import torch.nn.functional as F
+
+    planes = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+    planes = planes[None] if raw.ndim == 2 else planes.permute(2, 0, 1)
+    out = F.avg_pool2d(planes[None], factor, ceil_mode=True)[0].numpy()
+    return out[0] if raw.ndim == 2 else np.ascontiguousarray(out.transpose(1, 2, 0))
+
+
+def _reduce_stored(raw: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`_block_mean` of stored values, rounded back to their integer type so that the value mappings
+    that follow (DICOM LUTs index tables with them) see the kind of values they expect."""
+    if factor == 1:
+        return raw
+    mean = _block_mean(raw, factor)
+    if raw.dtype.kind in "ui":
+        return np.rint(mean).astype(raw.dtype)
+    return mean.astype(raw.dtype, copy=False)
+
+
+def _reduced_meta(meta: dict[str, Any], full: Sequence[int], factor: int, min_side: int | None) -> dict[str, Any]:
+    """``meta`` with the decode scale and the file's shape, when a reduced decode was asked for."""
+    if min_side is not None:
+        meta.update(decode_scale=factor, file_shape=tuple(int(n) for n in full[:2]))
+    return meta
 
 
 def missing_reason(path: Path) -> str:
@@ -181,13 +325,19 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float32) @ _LUMA
 
 
-def _read_pil(path: Path) -> Image:
-    """PNG/JPEG via Pillow; 16-bit grey PNG stays exact (Pillow mode ``I;16``)."""
+def _read_pil(path: Path, min_side: int | None = None) -> Image:
+    """PNG/JPEG via Pillow; 16-bit grey PNG stays exact (Pillow mode ``I;16``). A reduced JPEG is decoded at
+    that scale (draft mode); a reduced PNG is decoded in full and block-averaged."""
     try:
         with PILImage.open(path) as pil:
-            _check_claimed_size(pil.size[::-1], path)
+            full = pil.size[::-1]
+            _check_claimed_size(full, path)
+            factor = _reduction(full, min_side)
             fmt = (pil.format or "").lower()
             mode = pil.mode
+            if factor > 1 and fmt in ("jpeg", "mpo"):
+                pil.draft(mode, (full[1] // factor, full[0] // factor))
+            drafted = round(full[1] / pil.size[0])
             if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 pil = pil.convert("RGBA" if mode in ("P", "PA") else "RGB")
             raw = np.asarray(pil)
@@ -196,32 +346,35 @@ def _read_pil(path: Path) -> Image:
     except (OSError, ValueError, SyntaxError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot decode the image: {exc}", path=path) from exc
 
-    to_grey = raw.ndim == 3
-    if to_grey:
-        arr = _luma(raw) if raw.shape[2] >= 3 else raw[..., 0].astype(np.float32)
-    else:
-        arr = raw.astype(np.float32)
     if raw.dtype == np.bool_:
         value_range: tuple[float, float] | None = (0.0, 1.0)
     elif raw.dtype.kind == "u":
         value_range = (0.0, float(np.iinfo(raw.dtype).max))
     else:
         value_range = None
+    bit_depth = int(raw.dtype.itemsize * 8) if raw.dtype != np.bool_ else 1
+    values = _block_mean(raw, factor // drafted) if factor // drafted > 1 else raw
+    to_grey = raw.ndim == 3
+    if to_grey:
+        arr = _luma(values) if raw.shape[2] >= 3 else values[..., 0].astype(np.float32)
+    else:
+        arr = values.astype(np.float32, copy=False)
     meta = {
         "format": "jpeg" if fmt in ("jpeg", "mpo") else fmt,
         "path": str(path),
         "photometric": mode,
-        "bit_depth": int(raw.dtype.itemsize * 8) if raw.dtype != np.bool_ else 1,
+        "bit_depth": bit_depth,
         "to_grey": to_grey,
         "inverted": False,
         "value_range": value_range,
         "spacing_known": False,
     }
-    return Image(arr, (1.0, 1.0), meta)
+    return Image(arr, (float(factor), float(factor)), _reduced_meta(meta, full, factor, min_side))
 
 
-def _read_tiff(path: Path) -> Image:
-    """TIFF via tifffile: grey, RGB (to luma) or a page stack (returned as a volume)."""
+def _read_tiff(path: Path, min_side: int | None = None) -> Image:
+    """TIFF via tifffile: grey, RGB (to luma) or a page stack (returned as a volume; never reduced). A reduced
+    2-D TIFF is decoded in full and block-averaged."""
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -243,6 +396,10 @@ def _read_tiff(path: Path) -> Image:
     arr = np.squeeze(arr) if arr.ndim > 2 else arr
     if arr.ndim not in (2, 3):
         raise DataError(f"TIFF with axes {axes!r} and shape {raw.shape} is not a 2-D image or 3-D stack", path=path)
+    full = arr.shape
+    factor = _reduction(full, min_side) if arr.ndim == 2 else 1
+    if factor > 1:
+        arr = _block_mean(arr, factor)
 
     value_range = (0.0, float(np.iinfo(raw.dtype).max)) if raw.dtype.kind == "u" else None
     inverted = photometric == tifffile.PHOTOMETRIC.MINISWHITE
@@ -259,7 +416,9 @@ def _read_tiff(path: Path) -> Image:
         "value_range": value_range,
         "spacing_known": False,
     }
-    return Image(np.ascontiguousarray(arr, dtype=np.float32), (1.0,) * arr.ndim, meta)
+    if arr.ndim == 2:
+        meta = _reduced_meta(meta, full, factor, min_side)
+    return Image(np.ascontiguousarray(arr, dtype=np.float32), (float(factor),) * arr.ndim, meta)
 
 
 # --------------------------------------------------------------------------- NIfTI
@@ -322,8 +481,12 @@ def _transfer_syntax(ds: Dataset) -> pydicom.uid.UID:
     return uid
 
 
-def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
-    """Decode the stored pixels, turning absurd sizes, missing decoders and corrupt data into DataError."""
+def _decode_pixels(ds: Dataset, path: Path, reduce_by: int = 1) -> tuple[np.ndarray, int]:
+    """Decode the stored pixels, turning absurd sizes, missing decoders and corrupt data into DataError.
+
+    With ``reduce_by`` > 1 a single-frame JPEG baseline image is decoded at that reduction by the codec's DCT
+    scaling (:func:`_draft_jpeg_frame`). Returns the pixels and the reduction already made (1: full size).
+    """
     try:
         frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
         claimed = (
@@ -336,6 +499,12 @@ def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
         raise DataError(f"DICOM image without a valid size (Rows, Columns): {exc}", path=path) from exc
     _check_claimed_size(claimed, path)
     uid = _transfer_syntax(ds)
+    # Pillow treats a 3-component JPEG as YCbCr, so it decodes grey and YBR_FULL(_422) frames as pydicom does
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if reduce_by > 1 and frames == 1 and uid == pydicom.uid.JPEGBaseline8Bit and photometric != "RGB":
+        drafted = _draft_jpeg_frame(ds, reduce_by)
+        if drafted is not None:
+            return drafted
     try:
         available = get_decoder(uid).is_available
     except NotImplementedError:
@@ -347,9 +516,26 @@ def _decode_pixels(ds: Dataset, path: Path) -> np.ndarray:
             path=path,
         )
     try:
-        return ds.pixel_array
+        return ds.pixel_array, 1
     except Exception as exc:  # decoders and plugins raise many types for corrupt data
         raise DataError(f"cannot decode the pixel data ({uid.name}): {exc}", path=path) from exc
+
+
+def _draft_jpeg_frame(ds: Dataset, factor: int) -> tuple[np.ndarray, int] | None:
+    """The one JPEG baseline frame of ``ds`` decoded by Pillow at up to ``factor`` reduction (draft mode), and
+    the reduction made; None when Pillow cannot read it as the header describes (pydicom's decoder then
+    decodes it, or reports why not). Colour comes out as RGB, as pydicom gives it."""
+    rows, columns, samples = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1)
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        with PILImage.open(io.BytesIO(frame)) as pil:
+            pil.draft(pil.mode, (columns // factor, rows // factor))
+            raw = np.asarray(pil.convert("RGB") if pil.mode in ("YCbCr", "CMYK") else pil)
+    except (OSError, ValueError, SyntaxError, EOFError, StopIteration):
+        return None
+    done = round(columns / raw.shape[1])
+    expected = (-(-rows // done), -(-columns // done), *((samples,) if samples > 1 else ()))
+    return (raw, done) if raw.shape == expected and raw.dtype == np.uint8 else None
 
 
 def _stored_range(ds: Dataset) -> tuple[float, float] | None:
@@ -393,16 +579,21 @@ def _is_projection(ds: Dataset) -> bool:
     return modality == "" or modality in PROJECTION_MODALITIES
 
 
-def _dicom_values(ds: Dataset, path: Path, voi: bool | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decoded pixels → grey float32 with modality LUT, optional VOI and MONOCHROME1 inversion."""
+def _dicom_values(
+    ds: Dataset, path: Path, voi: bool | None, min_side: int | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decoded pixels → grey float32 with modality LUT, optional VOI and MONOCHROME1 inversion. A reduced
+    single-frame image is block-averaged right after decoding (after a palette lookup), before the rest."""
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise DataError(
             f"DICOM without pixel data (SOP class {ds.get('SOPClassUID', 'unknown')!s}); not an image",
             path=path,
         )
-    raw = _decode_pixels(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    full = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+    factor = _reduction(full, min_side) if frames == 1 else 1
+    raw, done = _decode_pixels(ds, path, factor if photometric != "PALETTE COLOR" else 1)
     meta: dict[str, Any] = {
         "format": "dicom",
         "path": str(path),
@@ -420,6 +611,9 @@ def _dicom_values(ds: Dataset, path: Path, voi: bool | None) -> tuple[np.ndarray
 
     if photometric == "PALETTE COLOR":
         raw = apply_color_lut(raw, ds)
+    if frames == 1:
+        raw = _reduce_stored(raw, factor // done)
+        _reduced_meta(meta, full, factor, min_side)
     colour = int(ds.get("SamplesPerPixel", 1)) > 1 or photometric == "PALETTE COLOR"
     if colour:
         # pydicom has already turned YBR into RGB; a colour image has no modality/VOI LUT.
@@ -455,7 +649,7 @@ def _dicom_values(ds: Dataset, path: Path, voi: bool | None) -> tuple[np.ndarray
     return values, meta
 
 
-def _read_dicom_file(path: Path, voi: bool | None, *, force: bool) -> Image:
+def _read_dicom_file(path: Path, voi: bool | None, *, force: bool, min_side: int | None = None) -> Image:
     """One DICOM file: 2-D image, or a (frames, y, x) volume for multi-frame objects."""
     try:
         ds = pydicom.dcmread(path, force=force)
@@ -464,12 +658,13 @@ def _read_dicom_file(path: Path, voi: bool | None, *, force: bool) -> Image:
     if force and not any(k in ds for k in (*_PIXEL_KEYWORDS, "SOPClassUID", "Rows")):
         raise DataError("not a DICOM file (no DICOM header or image attributes found)", path=path)
 
-    values, meta = _dicom_values(ds, path, voi)
+    values, meta = _dicom_values(ds, path, voi, min_side)
     in_plane = _pixel_spacing(ds)
     meta["spacing_known"] = in_plane is not None
     in_plane = in_plane or (1.0, 1.0)
     if values.ndim == 2:
-        return Image(values, in_plane, meta)
+        factor = meta.get("decode_scale", 1)
+        return Image(values, (in_plane[0] * factor, in_plane[1] * factor), meta)
     between = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
     return Image(values, (float(between) if between else 1.0, *in_plane), meta)
 

@@ -2,6 +2,10 @@
 logits into named scores (the same columns as in ``predictions.csv``) and a decision at the operating point
 stored in the checkpoint.
 
+Each file of a study is decoded once (:func:`osteoscope.data.readers.decode_once`), at the task's
+:attr:`~osteoscope.tasks.base.Task.study_min_side` (onfh-xray: a reduced scale that keeps the head ROIs
+sharp); boxes are given and reported in the file's full-resolution pixels whatever the decode scale.
+
 Before scoring, the task's out-of-distribution guard (:meth:`osteoscope.tasks.base.Task.check_study`)
 compares the study with the training inputs: DICOM Modality and BodyPartExamined, image size, aspect and
 intensity percentiles against the statistics stored at training time, and task checks of its own (the
@@ -25,6 +29,7 @@ import torch
 from torch.utils.data import default_collate
 
 from osteoscope.data.manifest import Box
+from osteoscope.data.readers import decode_once
 from osteoscope.engine.inference import forward
 from osteoscope.engine.runs import Run, load_run, log
 from osteoscope.errors import ConfigError, DataError
@@ -49,14 +54,15 @@ def predict_study(run: Run, inputs: StudyInputs, *, ood: str = "refuse") -> dict
         raise ConfigError(f"{run.path} is a pretext run ({task.name}, {head!r}): it makes no diagnosis to predict")
     if ood not in OOD_MODES:
         raise ConfigError(f"--ood must be one of {', '.join(OOD_MODES)}, got {ood!r}")
-    case = task.study_case(inputs, run.path)
-    # a file that cannot be read or a box that does not fit is an error, before the guard judges the image
-    try:
-        sample = task.builder(False, None)(case, None)
-    except DataError as error:
-        raise DataError(error.reason, path=error.path or next(iter(case.images.values()), None)) from None
     profile = run.record.get("input_profile")
-    reasons = task.check_study(case, profile)
+    with decode_once(task.study_min_side):  # the task, its builder and the guard share one decode per file
+        case = task.study_case(inputs, run.path)
+        # a file that cannot be read or a box that does not fit is an error, before the guard judges the image
+        try:
+            sample = task.builder(False, None)(case, None)
+        except DataError as error:
+            raise DataError(error.reason, path=error.path or next(iter(case.images.values()), None)) from None
+        reasons = task.check_study(case, profile)
     result: dict[str, Any] = {
         "study": case.case_id,
         "inputs": {column: str(path) for column, path in {**case.images, **case.masks}.items() if path},

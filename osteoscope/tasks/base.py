@@ -133,6 +133,12 @@ class Task(ABC):
     modalities: ClassVar[frozenset[str]] = frozenset()  # DICOM Modality values of the task's inputs
     body_parts: ClassVar[frozenset[str]] = frozenset()  # DICOM BodyPartExamined values of its inputs
 
+    @property
+    def study_min_side(self) -> int | None:
+        """``predict`` decodes each file of a study once, at the coarsest scale keeping this many pixels on
+        its shorter side (:func:`osteoscope.data.readers.decode_once`); ``None`` (the default): in full."""
+        return None
+
     def __init__(self, options: Mapping[str, Any] | None = None, loss_options: Mapping[str, Any] | None = None):
         self.options = parse_options(self.Options, dict(options or {}), "data.options")
         loss_type = self.LossOptions or self.head.LossOptions

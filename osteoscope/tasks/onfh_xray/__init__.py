@@ -20,7 +20,7 @@ from torch import nn
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import BilateralRois, side_target
 from osteoscope.data.manifest import Box, Case
-from osteoscope.data.readers import check_image, read_image
+from osteoscope.data.readers import box_to_file, check_image, read_image
 from osteoscope.errors import DataError
 from osteoscope.heads import BinaryHead, Head
 from osteoscope.losses import BilateralLoss
@@ -92,6 +92,12 @@ class OnfhXray(Task):
     extra_outputs: ClassVar[Mapping[str, tuple[str, ...]]] = {"side_logits": ("p_left", "p_right")}
     modalities = frozenset({"CR", "DX"})
     body_parts = frozenset({"PELVIS", "HIP"})
+
+    @property
+    def study_min_side(self) -> int:
+        """``predict`` decodes a film at the coarsest scale keeping 8 ROI sides on its shorter side: a femoral
+        head spans about a sixth of it, so the head box keeps more pixels than the ROI (1/4 of a 2,048 px film)."""
+        return 8 * self.options.roi_size
 
     @property
     def head(self) -> Head:
@@ -205,7 +211,7 @@ class OnfhXray(Task):
         if floor is not None:
             extra["localizer_confidence_floor"] = f"{floor:.4f}"
             extra["localizer_held_out_centre_error_px"] = f"{localizer.held_out['centre_error_px']:.2f}"
-        boxes = {"box_left": heads.left, "box_right": heads.right}
+        boxes = {"box_left": box_to_file(heads.left, image), "box_right": box_to_file(heads.right, image)}
         return Case(case.case_id, "", case.images, boxes=boxes, extra=extra)
 
     def check_study(self, case: Case, profile: Mapping[str, Any] | None) -> list[str]:
