@@ -23,6 +23,7 @@ from osteoscope.engine.evaluate import load_predictions
 from osteoscope.engine.predict import predict_images
 from osteoscope.engine.runs import SPLITS_FILE, make_console
 from osteoscope.engine.study import parse_study, run_study
+from osteoscope.errors import DataError
 from osteoscope.tasks.onfh_xray import LOCALIZER_FILE
 from osteoscope.tasks.onfh_xray.localizer import train_localizer_on_manifest
 
@@ -55,6 +56,15 @@ def demo_study(data: Path, epochs: int) -> dict[str, Any]:
             "vit": {"model": {"name": "vit", "preset": "small"}},
         },
     }
+
+
+def predict_or_refusal(run: Path, image: Path) -> dict[str, Any]:
+    """The prediction for one raw image, or ``{"image", "refused"}`` with the reason when predict refuses it (e.g.
+    the localiser finds no plausible pair of heads): a refusal is a result to show, not a reason to stop."""
+    try:
+        return predict_images(run, [image])[0]
+    except DataError as error:
+        return {"image": str(image), "refused": error.reason}
 
 
 def run_demo(
@@ -90,7 +100,7 @@ def run_demo(
         train_localizer_on_manifest(data, localizer, epochs=LOCALIZER_EPOCHS, case_ids=train_ids)
     cases = load_manifest(data).by_id()
     test_ids = load_predictions(ast_run / "eval-test")["case_id"][:2]
-    predictions = predict_images(ast_run, [cases[case].images["image"] for case in test_ids])
+    predictions = [predict_or_refusal(ast_run, cases[case].images["image"]) for case in test_ids]
     (out / "predictions_sample.json").write_text(jsonio.dumps(predictions, indent=2))
     console.print((out / "report.md").read_text())
     console.print("[bold]predict on two raw test images (heads found by the localiser):[/bold]")

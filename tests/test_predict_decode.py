@@ -71,7 +71,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def films(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    monkeypatch.setattr(localizer_module, "find_heads", lambda model, image: discs(image))
+    monkeypatch.setattr(localizer_module, "find_heads", lambda model, image, **_: discs(image))
     paths = [tmp_path / "film.png", tmp_path / "film.jpg"]
     for path in paths:
         write_film(path)

@@ -20,7 +20,7 @@ from torch import nn
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import BilateralRois, side_target
 from osteoscope.data.manifest import Box, Case
-from osteoscope.data.readers import box_to_file, check_image, read_image
+from osteoscope.data.readers import box_to_file, check_image, decode_scale, read_image
 from osteoscope.errors import DataError
 from osteoscope.heads import BinaryHead, Head
 from osteoscope.losses import BilateralLoss
@@ -206,7 +206,7 @@ class OnfhXray(Task):
                 f"the femoral-head localiser ({path}) found no plausible pair of heads: {'; '.join(problems)}; {hint}",
                 path=case.images["image"],
             )
-        extra = {"localizer": str(path), **heads.info()}
+        extra = {"localizer": str(path), **heads.info(decode_scale(image))}
         floor = confidence_floor(localizer)
         if floor is not None:
             extra["localizer_confidence_floor"] = f"{floor:.4f}"
