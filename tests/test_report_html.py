@@ -241,3 +241,19 @@ def test_the_model_card_sits_beside_the_weights(tiny_evaluated_run: Path) -> Non
     assert f"{auc['estimate']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]" in card  # metrics with intervals
     assert "osteoscope phantoms" in card and "say nothing about real films" in card
     assert metrics["provenance"]["manifest"]["sha256"] in card
+
+
+def test_the_hip_model_card_quotes_what_phantom_weights_did_on_real_films(tmp_path: Path) -> None:
+    """Only a phantom-trained onfh-xray card carries the task's measured phantom-to-real gap."""
+    from osteoscope.phantoms import MARKER
+    from osteoscope.report.card import _limits
+    from osteoscope.tasks import make_task
+
+    phantom, real = tmp_path / "phantom" / "data", tmp_path / "real" / "data"
+    phantom.mkdir(parents=True)
+    real.mkdir(parents=True)
+    (phantom / MARKER).write_text("{}")
+    hip, femur = make_task("onfh-xray"), make_task("femur-fracture-xray")
+    assert any("28 of them ONFH" in line for line in _limits(hip, str(phantom), []))
+    assert not any("28 of them" in line for line in _limits(femur, str(phantom), []))
+    assert not any("28 of them" in line for line in _limits(hip, str(real), []))

@@ -28,13 +28,14 @@ NOT_A_DEVICE = (
 )
 
 
-def _limits(data: str, evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The known limits that follow from the training data and the evaluations."""
+def _limits(task: Task, data: str, evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The known limits that follow from the task, the training data and the evaluations."""
     limits = []
     if is_phantom(data):
         limits.append(
             "The training data are osteoscope phantoms (synthetic images drawn from simple shapes). These weights "
             "say nothing about real films or scans; train and evaluate on real data before drawing any conclusion."
+            + (f" {task.phantom_gap}" if task.phantom_gap else "")
         )
     if not evaluations:
         limits.append("The run has not been evaluated on held-out patients: its performance is unknown.")
@@ -89,7 +90,7 @@ def model_card(task: Task, config: Mapping[str, Any], run_dir: Path, evaluations
             parts.append(f"Calibration: ECE {e['calibration']['ece']:.3f} ({e['calibration']['of']}).")
     if not evaluations:
         parts.append("None yet.")
-    parts += ["## Known limits", "\n".join(f"- {line}" for line in _limits(data, evaluations)), NOT_A_DEVICE]
+    parts += ["## Known limits", "\n".join(f"- {line}" for line in _limits(task, data, evaluations)), NOT_A_DEVICE]
     return "\n\n".join(parts) + "\n"
 
 

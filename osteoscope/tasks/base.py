@@ -131,6 +131,7 @@ class Task(ABC):
     LossOptions: ClassVar[type | None] = None  # None: the head's default loss and its options
     extra_outputs: ClassVar[Mapping[str, tuple[str, ...]]] = {}  # model output key -> column names (sigmoid)
     modalities: ClassVar[frozenset[str]] = frozenset()  # DICOM Modality values of the task's inputs
+    phantom_gap: ClassVar[str] = ""  # what is known of phantom-trained weights on real data (the model card)
     body_parts: ClassVar[frozenset[str]] = frozenset()  # DICOM BodyPartExamined values of its inputs
 
     @property

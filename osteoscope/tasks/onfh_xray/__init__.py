@@ -92,6 +92,10 @@ class OnfhXray(Task):
     extra_outputs: ClassVar[Mapping[str, tuple[str, ...]]] = {"side_logits": ("p_left", "p_right")}
     modalities = frozenset({"CR", "DX"})
     body_parts = frozenset({"PELVIS", "HIP"})
+    phantom_gap = (
+        "Measured on 31 real adult AP pelvis films outside this repository (issue 10): AsT trained on the "
+        "earlier, geometric hip phantom called 28 of them ONFH at p >= 0.5, 4 of the 5 normal films included."
+    )
 
     @property
     def study_min_side(self) -> int:
