@@ -29,7 +29,7 @@ def phantom(
     subtlety: Annotated[float, typer.Option(help="0 = obvious lesions, 1 = hardest.")] = 0.5,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="dicom (onfh-xray, avnfh-ct); default 16-bit PNG, NIfTI for avnfh-ct."),
+        typer.Option("--format", help="dicom (onfh-xray, avnfh-ct) or jpeg (onfh-xray); default 16-bit PNG, NIfTI for avnfh-ct."),
     ] = None,
     preview: Annotated[Path | None, typer.Option(help="Also write a contact sheet PNG of the cases.")] = None,
 ) -> None:
@@ -342,3 +342,7 @@ def main() -> None:
         sys.exit(code)
     if isinstance(code, int) and code:  # a command's own exit code; success returns normally
         sys.exit(code)
+
+
+if __name__ == "__main__":  # python -m osteoscope.cli, e.g. from a checkout not installed in the venv
+    main()
