@@ -29,7 +29,9 @@ def phantom(
     subtlety: Annotated[float, typer.Option(help="0 = obvious lesions, 1 = hardest.")] = 0.5,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="dicom (onfh-xray, avnfh-ct) or jpeg (onfh-xray); default 16-bit PNG, NIfTI for avnfh-ct."),
+        typer.Option(
+            "--format", help="dicom (onfh-xray, avnfh-ct) or jpeg (onfh-xray); default 16-bit PNG, NIfTI for avnfh-ct."
+        ),
     ] = None,
     preview: Annotated[Path | None, typer.Option(help="Also write a contact sheet PNG of the cases.")] = None,
 ) -> None:
