@@ -7,8 +7,8 @@ Sets compared:
   position (the smaller x is the patient's right), because the files name them inconsistently.
 * ``real CR``: the pydicom-data computed radiographs RG1 (chest) and RG3 (tibia), both MONOCHROME1; not
   pelvises, so they serve the whole-film statistics only.
-* ``old phantom``: the generator as on ``main`` (``git show main:osteoscope/phantoms/onfh_xray.py``, imported
-  from a temporary copy), at its default 384 x 512.
+* ``old phantom``: the geometric generator before issue 10 (``git show OLD_COMMIT:osteoscope/phantoms/onfh_xray.py``,
+  imported from a temporary copy; needs the git history), at its default 384 x 512.
 * ``new adult`` / ``new child``: this checkout's generator at its default size, ``child_fraction`` 0 and 1.
 
 Every film is read with ``osteoscope.data.readers.read_image`` (MONOCHROME1 inverted, VOI applied), resized
@@ -54,6 +54,7 @@ from osteoscope.data.readers import read_image
 from osteoscope.phantoms import onfh_xray
 
 REPO = Path(__file__).resolve().parents[1]
+OLD_COMMIT = "0bd248d"  # main before issue 10: the geometric hip phantom the gap is measured against
 DDH = REPO.parent / "shared" / "data" / "ddh-pelvis-xray"
 WORK = 384
 EDGE_T = 0.08
@@ -92,11 +93,15 @@ def real_cr() -> list[Film]:
 
 
 def old_module(folder: Path) -> ModuleType:
-    """The phantom generator as on ``main``, imported from a copy in ``folder``."""
+    """The phantom generator of :data:`OLD_COMMIT`, imported from a copy in ``folder``."""
     source = subprocess.run(
-        ["git", "show", "main:osteoscope/phantoms/onfh_xray.py"], cwd=REPO, check=True, capture_output=True, text=True
+        ["git", "show", f"{OLD_COMMIT}:osteoscope/phantoms/onfh_xray.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
-    path = folder / "onfh_xray_main.py"
+    path = folder / "onfh_xray_old.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("onfh_xray_main", path)
     assert spec is not None and spec.loader is not None
