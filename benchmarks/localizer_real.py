@@ -17,7 +17,7 @@ convention, which is right for them.
 Prints one JSON object (per-film rows, the number of films meeting the target, mean localisation time) and
 writes an overlay PNG into the output folder.
 
-Run: ``python -m benchmarks.localizer_real [--n 400] [--epochs 30] [--children 0.3] [--model FILE] [--out DIR]``
+Run: ``python -m benchmarks.localizer_real [--n 600] [--epochs 14] [--children 0.4] [--model FILE] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -184,11 +184,11 @@ def train_on_phantoms(
 def main() -> None:
     """Train (or load), evaluate on phantoms and the real DDH radiographs, print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400, help="phantom studies to train on")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--n", type=int, default=600, help="phantom studies to train on")
+    parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, nargs=2, default=(448, 512), help="phantom rows cols")
-    parser.add_argument("--children", type=float, default=0.3, help="share of child patients in the phantom")
+    parser.add_argument("--children", type=float, default=0.4, help="share of child patients in the phantom")
     parser.add_argument("--model", type=Path, default=None, help="evaluate this saved localiser, no training")
     parser.add_argument("--save", type=Path, default=None, help="save the trained localiser here")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/localizer_real"))

@@ -778,8 +778,8 @@ def _head_geometry(
 ) -> _Head:
     """Place the head for this study and decide how much of it has collapsed.
 
-    A child's ossified head is the ossification centre, 30-65 % of the cartilaginous head's radius
-    with maturity; the box still covers the whole head.
+    A child's ossified head is the ossification centre, 12-65 % of the cartilaginous head's radius
+    with maturity (an infant's is a speck or barely there); the box still covers the whole head.
     """
     angle = math.radians(lesion.angle if lesion else 20.0)
     direction = (s * math.sin(angle), -math.cos(angle))
@@ -790,7 +790,7 @@ def _head_geometry(
     if lesion is not None and stage == 4:
         joint *= 0.45
     x = s * hip.head_x * (1.0 + s * 0.3 * pose.yaw)
-    ossified = hip.radius if child is None else hip.radius * (0.3 + 0.35 * child)
+    ossified = hip.radius if child is None else hip.radius * (0.12 + 0.53 * child)
     return _Head(x, hip.head_y, ossified, direction, flatten, joint, hip.radius, child)
 
 
@@ -937,6 +937,9 @@ def _draw_acetabulum(grid: Grid, bone: np.ndarray, s: int, head: _Head, stage: i
     acetabulum = 9.0 * smoothstep(1.0 - walls, 0.0, 0.08) + 3.0 * band(walls - 1.0, 0.025)
     posterior = ellipse_radius(mx, y, hx - 2.0, hy - 2.0, r + 2.0, r + 6.0, 0.5)
     acetabulum += 3.0 * band(posterior - 1.0, 0.02) * (dy > -0.2 * r)
+    if head.child is not None:
+        # A young child's acetabular walls are mostly cartilage: no rim ring over the head.
+        acetabulum *= _ossified_rim(head.child)
     roof = smoothstep(up, 0.1, 0.45) * smoothstep(0.6 - lat, 0.0, 0.2)
     sclerosis = 1.8 if stage == 4 else 1.0
     acetabulum += 16.0 * sclerosis * band(rad - cavity - 1.5, 1.3 * sclerosis) * roof
@@ -945,8 +948,16 @@ def _draw_acetabulum(grid: Grid, bone: np.ndarray, s: int, head: _Head, stage: i
     quadrilateral = ellipse_radius(mx, y, hx - r - 6.0, hy + 2.0, 12.0, r + 6.0)
     acetabulum += 6.0 * smoothstep(1.0 - quadrilateral, 0.0, 0.3)
     tear = ellipse_radius(mx, y, hx - r - 9.0, hy + 0.35 * r, 4.5, 10.0)
-    acetabulum += 7.0 * band(tear - 1.0, 0.2) * smoothstep(y, hy - 2.0, hy + 4.0)
+    teardrop = 7.0 * band(tear - 1.0, 0.2) * smoothstep(y, hy - 2.0, hy + 4.0)
+    if head.child is not None:
+        teardrop *= _ossified_rim(head.child)  # the teardrop appears in the first years
+    acetabulum += teardrop
     bone[crop.rows, crop.cols] += acetabulum
+
+
+def _ossified_rim(maturity: float) -> float:
+    """Share of a child's acetabular walls and teardrop that is bone: 0.15 in an infant, 1 near maturity."""
+    return 0.15 + 0.85 * float(smoothstep(np.float32(maturity), 0.2, 0.9))
 
 
 def _draw_obturator(grid: Grid, bone: np.ndarray, s: int, pose: _Pose, head: _Head) -> None:

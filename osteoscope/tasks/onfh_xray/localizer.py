@@ -45,6 +45,9 @@ Method, and why:
   towards the image median and adds head-sized bright or dark discs elsewhere (context is learned, not
   just a bright disc), and adds a soft-tissue field,
   collimation-like dark borders, gamma, blur and noise, then re-normalises by percentiles as at inference.
+* **Real films are a test set.** The 10 real paediatric DDH films (``benchmarks/localizer_real.py``) and any
+  other real film are never trained on, and no threshold or constant here is tuned on them; the detector
+  learns only from phantoms (with ``child_fraction`` for children's hips).
 """
 
 from __future__ import annotations
