@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_hip_run
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from osteoscope.cli import app
-from osteoscope.config import config_from_dict
 from osteoscope.data.manifest import load_manifest
 from osteoscope.data.profile import input_profile, profile_problems
 from osteoscope.engine.predict import predict_images
-from osteoscope.engine.trainer import train
 from osteoscope.errors import DataError
 from osteoscope.phantoms import generate_phantom
 
@@ -56,14 +55,7 @@ def boxes_for(shape: tuple[int, ...]) -> dict[str, tuple[int, int, int, int]]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ood")
-    generate_phantom("onfh-xray", root / "hips", n=40, seed=2, subtlety=0.0, image_size=(160, 208))
-    config = {
-        "data": {"path": str(root / "hips"), "options": {"roi_size": 32}},
-        "model": {"name": "ast", "preset": "tiny"},
-        "train": {"epochs": 1, "batch_size": 16, "patience": 0, "threads": 2},
-    }
-    return train(config_from_dict(config), root / "run", verbose=False)
+    return tiny_hip_run(tmp_path_factory.mktemp("ood"), n=40, seed=2)
 
 
 def _predict(run: Path, path: Path, shape: tuple[int, ...], ood: str = "refuse") -> dict:

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_hip_run
 from PIL import Image as PILImage
 
-from osteoscope.config import config_from_dict
 from osteoscope.data import readers
 from osteoscope.data.datasets import BilateralRois
 from osteoscope.data.manifest import Case
 from osteoscope.engine.predict import predict_images
-from osteoscope.engine.trainer import train
-from osteoscope.phantoms import generate_phantom
 from osteoscope.tasks.onfh_xray import LOCALIZER_FILE, OnfhXray
 from osteoscope.tasks.onfh_xray import localizer as localizer_module
 from osteoscope.tasks.onfh_xray.localizer import HeadLocalizer, Heads, save_localizer
@@ -57,14 +55,7 @@ def write_film(path: Path, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("decode")
-    generate_phantom("onfh-xray", root / "hips", n=30, seed=3, subtlety=0.0, image_size=(160, 208))
-    config = {
-        "data": {"path": str(root / "hips"), "options": {"roi_size": 32}},
-        "model": {"name": "ast", "preset": "tiny"},
-        "train": {"epochs": 1, "batch_size": 16, "patience": 0, "threads": 2},
-    }
-    run_dir = train(config_from_dict(config), root / "run", verbose=False)
+    run_dir = tiny_hip_run(tmp_path_factory.mktemp("decode"), n=30, seed=3)
     save_localizer(HeadLocalizer((64, 80)), run_dir / LOCALIZER_FILE)  # weights unused: `discs` finds the heads
     return run_dir
 
