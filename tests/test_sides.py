@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import FileMetaDataset
 
-from osteoscope.tasks.onfh_xray.sides import AP_CONVENTION, Marker, decide_sides, read_marker, read_side_tags
+from osteoscope.data.readers import read_image
+from osteoscope.tasks.onfh_xray.sides import AP_CONVENTION, Marker, decide_sides, read_marker
 
 WIDTH = 400
 
@@ -52,10 +53,13 @@ def test_tags_are_read_from_a_dicom_header_and_not_from_a_png(tmp_path: Path) ->
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.PatientOrientation = ["R", "F"]
     ds.ViewPosition = "PA"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 8, 8, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.arange(64, dtype=np.uint16).tobytes()
     ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
-    assert read_side_tags(tmp_path / "a.dcm") == {"PatientOrientation": ["R", "F"], "ViewPosition": "PA"}
+    assert read_image(tmp_path / "a.dcm").meta["view_tags"] == {"PatientOrientation": ["R", "F"], "ViewPosition": "PA"}
     Image.new("L", (8, 8)).save(tmp_path / "b.png")
-    assert read_side_tags(tmp_path / "b.png") == {}
+    assert "view_tags" not in read_image(tmp_path / "b.png").meta
 
 
 def _film(letter: str, mirrored: bool, at: tuple[int, int], size: int, plate: bool) -> np.ndarray:

@@ -466,9 +466,8 @@ class BilateralRois:
         image = read_case_image(case, self.image_column, ndim=2)
         shape = file_shape(image)
         left, right = (case_box(case, column, shape, self.image_column) for column in ("box_left", "box_right"))
-        array = image.array.astype(np.float32, copy=False)
-        return self.head_region(array, box_to_decoded(left, image)), self.head_region(
-            array, box_to_decoded(right, image)
+        return self.head_region(image.array, box_to_decoded(left, image)), self.head_region(
+            image.array, box_to_decoded(right, image)
         )
 
     def crop_rois(self, left: HeadRegion, right: HeadRegion) -> tuple[np.ndarray, np.ndarray]:

@@ -538,6 +538,17 @@ def _draft_jpeg_frame(ds: Dataset, factor: int) -> tuple[np.ndarray, int] | None
     return (raw, done) if raw.shape == expected and raw.dtype == np.uint8 else None
 
 
+def _view_tags(ds: Dataset) -> dict[str, Any]:
+    """The tags that say how a projection film is oriented, by DICOM keyword, those present and non-empty:
+    ``PatientOrientation`` (a list of strings), ``ViewPosition`` and ``ImageLaterality`` (upper case)."""
+    tags: dict[str, Any] = {}
+    for name in ("PatientOrientation", "ViewPosition", "ImageLaterality"):
+        value = ds.get(name)
+        if value not in (None, ""):
+            tags[name] = [str(v) for v in value] if name == "PatientOrientation" else str(value).strip().upper()
+    return tags
+
+
 def _stored_range(ds: Dataset) -> tuple[float, float] | None:
     """Range of values after the modality LUT, as pydicom's windowing assumes it."""
     if "PixelData" not in ds or "BitsStored" not in ds:
@@ -599,6 +610,7 @@ def _dicom_values(
         "path": str(path),
         "modality": str(ds.get("Modality", "") or "") or None,
         "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
+        "view_tags": _view_tags(ds),
         "photometric": photometric,
         "transfer_syntax": _transfer_syntax(ds).name,
         "bit_depth": int(ds.get("BitsStored", raw.dtype.itemsize * 8)),

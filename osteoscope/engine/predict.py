@@ -3,8 +3,8 @@ logits into named scores (the same columns as in ``predictions.csv``) and a deci
 stored in the checkpoint.
 
 Each file of a study is decoded once (:func:`osteoscope.data.readers.decode_once`), at the task's
-:attr:`~osteoscope.tasks.base.Task.study_min_side` (onfh-xray: a reduced scale that keeps the head ROIs
-sharp); boxes are given and reported in the file's full-resolution pixels whatever the decode scale.
+:attr:`~osteoscope.tasks.base.Task.study_min_side` (a task may choose a reduced scale that still keeps its
+crops sharp); boxes are given and reported in the file's full-resolution pixels whatever the decode scale.
 
 Before scoring, the task's out-of-distribution guard (:meth:`osteoscope.tasks.base.Task.check_study`)
 compares the study with the training inputs: DICOM Modality and BodyPartExamined, image size, aspect and

@@ -187,7 +187,6 @@ class OnfhXray(Task):
         if case.boxes:
             raise DataError("give both head boxes (--box left=... --box right=...) or neither")
         from osteoscope.tasks.onfh_xray.localizer import confidence_floor, find_heads, implausible_heads, load_localizer
-        from osteoscope.tasks.onfh_xray.sides import read_side_tags
 
         image = check_image(read_image(case.images["image"]), ndim=2)  # a bad radiograph is named as such
         path = Path(inputs.files.get("localizer") or run_dir / LOCALIZER_FILE)
@@ -198,7 +197,7 @@ class OnfhXray(Task):
         localizer = load_localizer(path)
         hint = "give the boxes with --box left=... --box right=..."
         try:
-            heads = find_heads(localizer, image.array, tags=read_side_tags(case.images["image"]))
+            heads = find_heads(localizer, image.array, tags=image.meta.get("view_tags", {}))
         except DataError as error:
             raise DataError(
                 f"the femoral-head localiser ({path}) found no plausible pair of heads: {error.reason}; {hint}",

@@ -811,8 +811,9 @@ def find_heads(
         model: A trained localiser.
         image: 2-D grey image of any size and intensity range (bone bright).
         box_scale: Factor on the box half-side (1.0: :data:`BOX_MARGIN` x radius, the training convention).
-        tags: The film's DICOM side tags (:func:`~osteoscope.tasks.onfh_xray.sides.read_side_tags`); without
-            them the side comes from a burned-in marker, else from the AP display convention.
+        tags: The film's DICOM orientation tags (``read_image(...).meta["view_tags"]``: PatientOrientation,
+            ViewPosition, ImageLaterality by keyword); without them the side comes from a burned-in marker,
+            else from the AP display convention.
 
     Returns:
         The patient's left and right head boxes (original pixels, end exclusive, clipped to the image), the

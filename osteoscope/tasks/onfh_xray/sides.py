@@ -37,7 +37,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +49,6 @@ MARKER_MIN_MATCH = 0.88
 MARKER_MARGIN = 0.2
 _GRID = 24
 _TOLERANCE = 2.0
-_TAGS = ("PatientOrientation", "ViewPosition", "ImageLaterality")
 
 
 @dataclass(frozen=True)
@@ -86,25 +84,6 @@ class SideDecision:
     source: str
     marker: Marker | None = None
     flags: tuple[str, ...] = field(default=())
-
-
-def read_side_tags(path: str | Path | None) -> dict[str, Any]:
-    """``PatientOrientation``, ``ViewPosition`` and ``ImageLaterality`` of a DICOM file (header only); empty
-    for a non-DICOM file or a file without them."""
-    if path is None:
-        return {}
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception:  # not DICOM (PNG/JPEG): no tags to read
-        return {}
-    tags: dict[str, Any] = {}
-    for name in _TAGS:
-        value = ds.get(name)
-        if value not in (None, ""):
-            tags[name] = [str(v) for v in value] if name == "PatientOrientation" else str(value).strip().upper()
-    return tags
 
 
 def _from_tags(tags: Mapping[str, Any]) -> tuple[bool, str] | None:
