@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from osteoscope.models import adapters, ast, timm_baselines
+from osteoscope.models import adapters, ast, timm_baselines, volume_baselines
 from osteoscope.models.registry import (
     build_model,
     create_model,
@@ -24,4 +24,5 @@ __all__ = [
     "register_model",
     "register_model_prefix",
     "timm_baselines",
+    "volume_baselines",
 ]
