@@ -11,7 +11,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 from typer.exceptions import TyperException
 
 from osteoscope import jsonio
-from osteoscope.errors import OsteoscopeError
+from osteoscope.errors import ConfigError, OsteoscopeError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="AI diagnosis of bone disorders from radiographs, CT and MR."
@@ -173,15 +173,38 @@ def study(
     data: DataOption = None,
     threads: Annotated[int, typer.Option(help="CPU threads of the cost measurement (0 = torch default).")] = 0,
     mlflow: MlflowOption = None,
+    reader: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A human reader's point on the ROC, NAME=SENSITIVITY,SPECIFICITY (repeatable; a name "
+            "the study file has is replaced)."
+        ),
+    ] = None,
 ) -> None:
     """Compare models on one split with an equal tuning budget: test metrics, paired tests, compute cost."""
     from osteoscope.engine.study import load_study, run_study
 
     overrides: dict = {"data": {"path": str(data)}} if data is not None else {}
+    if reader:
+        overrides["readers"] = _readers(reader)
     if mlflow is not None:
         overrides["train"] = {"mlflow": mlflow}
     run_study(load_study(file, overrides), out, threads=threads)
     typer.echo((out / "report.md").read_text())
+
+
+def _readers(items: list[str]) -> dict[str, dict[str, float]]:
+    """``NAME=SENS,SPEC`` options as the study file's ``readers`` mapping."""
+    readers = {}
+    for name, value in _named(items, "--reader").items():
+        try:
+            sens, spec = (float(v) for v in value.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--reader {name}={value}: give NAME=SENSITIVITY,SPECIFICITY, e.g. radiologist=0.82,0.91"
+            ) from None
+        readers[name] = {"sensitivity": sens, "specificity": spec}
+    return readers
 
 
 @app.command()

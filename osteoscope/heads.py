@@ -269,9 +269,11 @@ class Head(ABC):
         out_dir: Path,
         prefix: str = "",
         groups: np.ndarray | None = None,
+        readers: Mapping[str, tuple[float, float]] | None = None,
     ) -> dict[str, str]:
         """Plots of one or several models' results on the same cases (``groups``: their patients, for the
-        bootstrap bands); returns name -> PNG path."""
+        bootstrap bands; ``readers``: human readers' (sensitivity, specificity), marked where the head draws
+        an ROC with one operating point per model, i.e. a binary head); returns name -> PNG path."""
         return {}
 
     def calibration(self, targets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, str] | None:
@@ -431,9 +433,9 @@ class BinaryHead(Head):
         )
         return paired("auc", "DeLong", delong, mcnemar)
 
-    def plots(self, curves, results, out_dir, prefix="", groups=None) -> dict[str, str]:
-        """ROC with a bootstrap band over patients and the operating point, precision-recall, reliability, and
-        (for one model) the confusion matrix at the threshold."""
+    def plots(self, curves, results, out_dir, prefix="", groups=None, readers=None) -> dict[str, str]:
+        """ROC with a bootstrap band over patients, each model's operating point and the readers' points,
+        precision-recall, reliability, and each model's confusion matrix at its threshold."""
         from osteoscope.metrics import bootstrap_roc_band
         from osteoscope.report.plots import plot_confusion_matrix, plot_precision_recall, plot_roc
 
@@ -442,6 +444,7 @@ class BinaryHead(Head):
             for name, r in results.items()
             if r["specificity"]["estimate"] is not None and r["sensitivity"]["estimate"] is not None
         }
+        points.update({f"reader: {name}": (1 - spec, sens) for name, (sens, spec) in (readers or {}).items()})
         drawable = {name: (t.astype(int), v) for name, (t, v) in curves.items() if self.evaluable(t)}  # both classes
         bands = {name: bootstrap_roc_band(t, v, groups=groups) for name, (t, v) in drawable.items()}
         paths = (
@@ -452,10 +455,10 @@ class BinaryHead(Head):
             if drawable
             else {}
         )
-        if len(results) == 1:
-            ((name, result),) = results.items()
-            paths[f"{prefix}confusion"] = plot_confusion_matrix(
-                result["confusion_matrix"], list(self.names), out_dir / f"{prefix}confusion.png", title=name
+        for name, result in results.items():
+            tag = f"{prefix}{name}-" if len(results) > 1 else prefix
+            paths[f"{tag}confusion"] = plot_confusion_matrix(
+                result["confusion_matrix"], list(self.names), out_dir / f"{tag}confusion.png", title=name
             )
         return {**{k: str(v) for k, v in paths.items()}, **self.calibration_plots(curves, out_dir, prefix)}
 
@@ -557,7 +560,7 @@ class MulticlassHead(Head):
         right_b = (values_b.argmax(axis=1) == y).astype(int)
         return paired("macro_auc", "paired bootstrap", test, mcnemar_test(np.ones_like(y), right_a, right_b))
 
-    def plots(self, curves, results, out_dir, prefix="", groups=None) -> dict[str, str]:
+    def plots(self, curves, results, out_dir, prefix="", groups=None, readers=None) -> dict[str, str]:
         """Per model: one-vs-rest ROC and precision-recall, the confusion matrix, and the reliability of the
         predicted class's probability."""
         from osteoscope.report.plots import plot_confusion_matrix, plot_precision_recall, plot_roc_multiclass
@@ -730,7 +733,7 @@ class MultilabelHead(Head):
             "most labels wrong": _most(wrong + error, wrong > 0, 2 * k, True),
         }
 
-    def plots(self, curves, results, out_dir, prefix="", groups=None) -> dict[str, str]:
+    def plots(self, curves, results, out_dir, prefix="", groups=None, readers=None) -> dict[str, str]:
         """Per model: precision-recall per label and the reliability of all labels' probabilities pooled."""
         from osteoscope.report.plots import plot_precision_recall
 

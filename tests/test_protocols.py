@@ -174,6 +174,7 @@ def study_values(data: Path) -> dict[str, Any]:
         "train": {k: v for k, v in base["train"].items() if k != "lr"},
         "tuning": {"lr": [1e-3, 3e-3]},
         "reference": "resnet",
+        "readers": {"radiologist": {"sensitivity": 0.8, "specificity": 0.7}},
         "n_boot": 100,
         "models": {
             "resnet": {"model": {"name": "timm:test_resnet"}},
@@ -218,8 +219,11 @@ def test_study_report_html_compares_the_models_and_renders(study: tuple[Path, di
     from test_report_html import assert_self_contained
 
     out, summary = study
-    assert {"roc", "pr", "resnet-reliability", "effnet-reliability"} == set(summary["plots"])
+    per_model = {f"{m}-{plot}" for m in ("resnet", "effnet") for plot in ("reliability", "confusion")}
+    assert {"roc", "pr", *per_model} == set(summary["plots"])
     report = (out / "report.md").read_text()
+    assert summary["readers"] == {"radiologist": {"sensitivity": 0.8, "specificity": 0.7}}
+    assert "radiologist: sensitivity 0.800, specificity 0.700" in report
     assert "![roc](roc.png)" in report and "![training](training.png)" in report  # all models in one figure each
     assert "by osteoscope" in report and summary["provenance"]["manifest"]["sha256"] in report
     assert_self_contained(out / "report.html", tmp_path)
@@ -249,6 +253,9 @@ def test_study_files_refuse_unequal_budgets(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text("task: femur-fracture-xray\nmodels: {a: {}}\ntuning: {lrate: [1]}\n")
     with pytest.raises(ConfigError, match="tuning key"):
         load_study(tmp_path / "s.yaml")
+    for readers, message in (({"r": {"sensitivity": 1.2, "specificity": 0.5}}, "proportions"), ({"r": 0.8}, "exactly")):
+        with pytest.raises(ConfigError, match=message):
+            parse_study({**study_values(tmp_path), "readers": readers})
 
 
 # --- the model contract ----------------------------------------------------------------------------

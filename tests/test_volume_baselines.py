@@ -10,8 +10,8 @@ from osteoscope.models import create_model
 
 
 def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """16^3 noise volumes; the positives hold a bright 4^3 cube near the centre (as a lesion sits in a
-    femoral-head crop: a Mixer, with no translation invariance, needs several hundred cases to learn a cube anywhere)."""
+    """16^3 noise volumes; the positives hold a bright 4^3 cube near the centre, as a lesion sits in a
+    femoral-head crop (a Mixer, with no translation invariance, needs many cases to learn a cube anywhere)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 16, 16, 16, generator=gen) * 0.5
     y = (torch.arange(n) % 2).float()

@@ -7,6 +7,8 @@ One YAML names the task, the shared data and training budget, a tuning grid, the
     train: {epochs: 30, batch_size: 32}
     tuning: {lr: [3.0e-4, 1.0e-3, 3.0e-3]}
     reference: ast
+    readers:                             # optional, binary tasks: human readers' points on the ROC
+      radiologist: {sensitivity: 0.82, specificity: 0.91}
     models:
       ast: {model: {name: ast, preset: small}}
       vit: {model: {name: vit, preset: small}}
@@ -65,7 +67,7 @@ from osteoscope.engine.runs import (
 )
 from osteoscope.engine.trainer import train
 from osteoscope.errors import ConfigError, OsteoscopeError
-from osteoscope.heads import Head, markdown_table
+from osteoscope.heads import BinaryHead, Head, markdown_table
 from osteoscope.report.html import write_report
 from osteoscope.report.summary import (
     comparison_table,
@@ -77,7 +79,7 @@ from osteoscope.report.summary import (
     training_section,
 )
 
-STUDY_KEYS = ("task", "data", "train", "loss", "model", "tuning", "reference", "models", "n_boot", "title")
+STUDY_KEYS = ("task", "data", "train", "loss", "model", "tuning", "reference", "readers", "models", "n_boot", "title")
 RESULT_FILE = "study.json"
 
 
@@ -92,6 +94,7 @@ class Study:
         reference: Label of the model the others are tested against.
         n_boot: Bootstrap replicates of intervals and paired tests.
         title: Heading of the report.
+        readers: Human reader -> (sensitivity, specificity), marked on the ROC (binary tasks).
     """
 
     base: dict[str, Any]
@@ -100,6 +103,7 @@ class Study:
     reference: str = ""
     n_boot: int = 2000
     title: str = "Study"
+    readers: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def grid(self) -> list[dict[str, Any]]:
         """The tuning grid's points, each a dict of train keys."""
@@ -153,11 +157,34 @@ def parse_study(values: Mapping[str, Any]) -> Study:
     reference = str(values.get("reference") or next(iter(models)))
     if reference not in models:
         raise ConfigError(f"study reference {reference!r} is not one of the models: {', '.join(models)}")
-    study = Study(base, models, tuning, reference, int(values.get("n_boot", 2000)), str(values.get("title", "Study")))
+    study = Study(
+        base,
+        models,
+        tuning,
+        reference,
+        int(values.get("n_boot", 2000)),
+        str(values.get("title", "Study")),
+        parse_readers(values.get("readers") or {}),
+    )
     for name in models:  # every run's config must be valid before anything is trained
         for point in study.grid():
             run_config(study, name, point)
     return study
+
+
+def parse_readers(values: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """``{name: {sensitivity: s, specificity: p}}`` -> ``{name: (s, p)}``, each a proportion in [0, 1]."""
+    if not isinstance(values, Mapping):
+        raise ConfigError("study readers: a mapping of reader name -> {sensitivity, specificity}")
+    readers = {}
+    for name, point in values.items():
+        if not isinstance(point, Mapping) or set(point) != {"sensitivity", "specificity"}:
+            raise ConfigError(f"study reader {name!r}: give exactly sensitivity and specificity")
+        sens, spec = float(point["sensitivity"]), float(point["specificity"])
+        if not (0.0 <= sens <= 1.0 and 0.0 <= spec <= 1.0):
+            raise ConfigError(f"study reader {name!r}: sensitivity and specificity are proportions in [0, 1]")
+        readers[str(name)] = (sens, spec)
+    return readers
 
 
 def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Study:
@@ -210,6 +237,8 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
     for name in study.models:  # every model builds before the data are read or a folder is written
         config = run_config(study, name, study.grid()[0])
         build_checked_model(config, task_of(config))
+        if study.readers and not isinstance(task_of(config).head, BinaryHead):
+            raise ConfigError("study readers (sensitivity, specificity) need a binary task")
     shared = _shared_split(study, out)
     tuning: dict[str, dict[str, Any]] = {}
     chosen: dict[str, Path] = {}
@@ -265,7 +294,8 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
         "n_cases": results[study.reference]["n_cases"],
         "n_patients": results[study.reference]["n_patients"],
         "provenance": provenance(manifest_path(run_config(study, study.reference, study.grid()[0]).data.path)),
-        "plots": study_plots(chosen, results, head, out),
+        "readers": {name: {"sensitivity": se, "specificity": sp} for name, (se, sp) in study.readers.items()},
+        "plots": study_plots(chosen, results, head, out, study.readers),
     }
     (out / RESULT_FILE).write_text(jsonio.dumps(summary, indent=2))
     histories = {name: read_history(run_dir / HISTORY_FILE) for name, run_dir in chosen.items()}
@@ -273,15 +303,22 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
     return summary
 
 
-def study_plots(chosen: Mapping[str, Path], results: Mapping[str, Mapping], head: Head, out: Path) -> dict[str, str]:
-    """The head's plots of every chosen model on the shared test cases (e.g. all ROC curves in one figure)."""
+def study_plots(
+    chosen: Mapping[str, Path],
+    results: Mapping[str, Mapping],
+    head: Head,
+    out: Path,
+    readers: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, str]:
+    """The head's plots of every chosen model on the shared test cases (e.g. all ROC curves in one figure,
+    with the human readers' points)."""
     curves, groups = {}, None
     for name, run_dir in chosen.items():
         pred = load_predictions(run_dir / "eval-test")
         known = head.known(pred["targets"])
         curves[name] = (pred["targets"][known], pred["values"][known])
         groups = pred["patient_id"][known]
-    return head.plots(curves, {name: r["overall"] for name, r in results.items()}, out, groups=groups)
+    return head.plots(curves, {name: r["overall"] for name, r in results.items()}, out, groups=groups, readers=readers)
 
 
 def compare_runs(
@@ -319,6 +356,16 @@ def compare_runs(
     return comparisons
 
 
+def readers_line(readers: Mapping[str, Mapping[str, float]]) -> str:
+    """The human readers marked on the ROC, as given in the study file or on the command line."""
+    if not readers:
+        return ""
+    shown = "; ".join(
+        f"{n}: sensitivity {r['sensitivity']:.3f}, specificity {r['specificity']:.3f}" for n, r in readers.items()
+    )
+    return f"Readers marked on the ROC (as given, not measured here): {shown}."
+
+
 def study_report(
     summary: Mapping[str, Any],
     head: Head,
@@ -345,6 +392,7 @@ def study_report(
         comparison_table(head, results),
         *[part for s in subsets for part in (f"### {s}", comparison_table(head, results, s))],
         "## Plots (all test cases)",
+        readers_line(summary.get("readers") or {}),
         plots,
         training_section(histories, head, out, "training"),
         "## Paired tests against the reference",
