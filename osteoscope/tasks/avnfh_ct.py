@@ -109,9 +109,16 @@ class AvnfhCt(Task):
         return {"in_chans": 2 if self.options.mask_as_channel else 1, "img_size": self.options.size, "spatial_dims": 3}
 
     def subsets(self) -> dict[str, CasePredicate]:
+        """Early disease (ARCO I-II) and each stage alone, every one against all the negatives: the seed's
+        per-stage results. (The stage head reports per-stage figures itself.)"""
         if self.options.target == "stage":
             return {}
-        return {"early (ARCO I-II)": lambda case: case.labels.get("label") == 0 or case.stage in (1, 2)}
+
+        def negatives_and(*stages: int) -> CasePredicate:
+            return lambda case: case.labels.get("label") == 0 or case.stage in stages
+
+        per_stage = {f"{STAGES[k]} vs negatives": negatives_and(k) for k in range(1, len(STAGES))}
+        return {"early (ARCO I-II)": negatives_and(1, 2), **per_stage}
 
     def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
         """A CT (NIfTI file or DICOM series folder) with the femoral-head ``--box`` and, when the model or
