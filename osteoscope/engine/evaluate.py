@@ -215,6 +215,10 @@ def evaluate_run(
         log.warning(
             "%d figure(s) cannot be estimated (n/a in the report, null in metrics.json): %s", len(missing), shown
         )
+    map_files = {name: [out / "maps" / file for file in files] for name, files in pred.maps.items()}
+    result["maps"] = {
+        e.name: {**e.metrics, "markdown": e.markdown} for e in task.evaluate_maps(cases, map_files, out, n_boot)
+    }
     result["plots"] = head.plots(
         {run.model_name: (targets, values)}, {run.model_name: result["overall"]}, out, groups=groups[known]
     )

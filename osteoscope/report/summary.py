@@ -247,6 +247,7 @@ def write_evaluation_report(
             f"{calibration['of']}, n = {calibration['n']})."
         )
     parts += ["## Plots", _images(result.get("plots", {}), path.parent), examples]
+    parts += [f"## {name}\n\n{maps['markdown']}" for name, maps in result.get("maps", {}).items()]
     if info:
         parts.append(provenance_section(info, config))
     return write_report("\n\n".join(p for p in parts if p) + "\n", path, title)[1]

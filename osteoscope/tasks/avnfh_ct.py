@@ -12,10 +12,12 @@ degrees, scale 0.1 and a shift of up to 32/128 of the box.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from osteoscope.data.cache import DecodedCache
@@ -24,9 +26,20 @@ from osteoscope.data.manifest import Case
 from osteoscope.errors import ConfigError, DataError
 from osteoscope.heads import BinaryHead, Head, MulticlassHead
 from osteoscope.phantoms import avnfh_ct as avnfh_ct_phantom
-from osteoscope.tasks.base import AugmentOptions, CasePredicate, Schema, StudyInputs, Task, class_index, label_of
+from osteoscope.tasks.avnfh_ct_attention import draw_attention, score_case, summarise, summary_markdown
+from osteoscope.tasks.base import (
+    AugmentOptions,
+    CasePredicate,
+    MapEvaluation,
+    Schema,
+    StudyInputs,
+    Task,
+    class_index,
+    label_of,
+)
 
 STAGES = ("ARCO 0", "ARCO I", "ARCO II", "ARCO III", "ARCO IV")
+ATTENTION_FIGURES = 4  # cases whose patch attention the evaluation report draws
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,35 @@ class AvnfhCt(Task):
 
         per_stage = {f"{STAGES[k]} vs negatives": negatives_and(k) for k in range(1, len(STAGES))}
         return {"early (ARCO I-II)": negatives_and(1, 2), **per_stage}
+
+    def evaluate_maps(
+        self, cases: Sequence[Case], maps: Mapping[str, Sequence[Path]], out: Path, n_boot: int
+    ) -> list[MapEvaluation]:
+        """A model's patch attention (``maps["attention"]``, SRANet) against the lesion mask (``mask_lesion``,
+        brought into the model's input frame like the image) on the positive cases that show one: attention
+        mass and pointing game with intervals, and the first ``ATTENTION_FIGURES`` cases drawn."""
+        files = maps.get("attention")
+        if not files:
+            return []
+        lesions = replace(self.builder(False, None), mask_column="mask_lesion", mask_as_channel=False)
+        scores, groups, figures = [], [], []
+        for case, file in zip(cases, files, strict=True):
+            if label_of(case, "label") != 1 or case.masks.get("mask_lesion") is None:
+                continue
+            arrays = lesions.decode(case)
+            if not arrays.get("mask", np.zeros(1)).any():
+                continue  # ARCO I, or a lesion outside the box
+            attention = np.load(file)
+            scores.append(score_case(case.case_id, attention, arrays["mask"]))
+            groups.append(case.patient_id)
+            if len(figures) < ATTENTION_FIGURES:
+                title = f"{case.case_id}: ARCO {case.stage}, attention mass {scores[-1].mass:.2f}"
+                path = out / "attention" / f"{case.case_id}.png"
+                figures.append(draw_attention(arrays["image"], attention, path, lesion=arrays["mask"], title=title))
+        if not scores:
+            return []
+        summary = summarise(scores, groups, n_boot=n_boot)
+        return [MapEvaluation("Patch attention against the lesion", summary, summary_markdown(summary, figures, out))]
 
     def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
         """A CT (NIfTI file or DICOM series folder) with the femoral-head ``--box`` and, when the model or

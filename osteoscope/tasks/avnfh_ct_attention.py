@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from osteoscope.errors import DataError
+from osteoscope.heads import interval, markdown_table
 from osteoscope.metrics.statistics import bootstrap_ci
 
 
@@ -70,6 +71,20 @@ def summarise(scores: Sequence[AttentionScore], groups: Sequence[str], *, n_boot
     return summary
 
 
+def summary_markdown(summary: Mapping[str, Any], figures: Sequence[Path], base: Path) -> str:
+    """The report's table of :func:`summarise` and the drawn cases (linked relative to ``base``)."""
+    rows = [
+        [label, interval(summary[key]), f"{summary['chance']:.3f}"]
+        for label, key in (("attention mass on the lesion", "attention_mass"), ("pointing game", "pointing_game"))
+    ]
+    table = markdown_table(["measure (mean over cases)", "estimate [95% CI]", "uniform attention"], rows)
+    shown = "\n\n".join(f"![{f.stem}]({f.relative_to(base).as_posix()})" for f in figures)
+    return (
+        f"{summary['cases']} positive test cases with a lesion visible in the model's input (ARCO I has none on "
+        f"CT); intervals over patients.\n\n{table}\n\n{shown}"
+    )
+
+
 def lesion_slices(lesion: np.ndarray | None, shape: tuple[int, int, int]) -> tuple[int, int]:
     """(axial index along D, coronal index along H) through the lesion's centre of mass, or the centre."""
     if lesion is None or not (lesion > 0).any():
@@ -114,13 +129,3 @@ def draw_attention(
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
-
-
-def read_maps(maps_dir: Path, case_ids: Sequence[str]) -> Mapping[str, np.ndarray]:
-    """The saved ``<case>_attention.npy`` of each case that has one."""
-    found = {}
-    for case_id in case_ids:
-        file = maps_dir / f"{case_id}_attention.npy"
-        if file.is_file():
-            found[case_id] = np.load(file).astype(np.float32)
-    return found

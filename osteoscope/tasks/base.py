@@ -103,6 +103,17 @@ class ExtraEvaluation:
 
 
 @dataclass(frozen=True)
+class MapEvaluation:
+    """A score of the saved ``maps`` against the cases' ground truth, e.g. attention against the lesion:
+    ``metrics`` go into metrics.json, ``markdown`` (figures linked relative to the evaluation folder) into the
+    report."""
+
+    name: str
+    metrics: dict[str, Any]
+    markdown: str
+
+
+@dataclass(frozen=True)
 class StudyInputs:
     """A raw study given to ``predict``: files by name (``--image T1=a.dcm``), masks, boxes, aux files.
 
@@ -218,6 +229,13 @@ class Task(ABC):
         self, cases: Sequence[Case], outputs: Mapping[str, np.ndarray], groups: np.ndarray
     ) -> list[ExtraEvaluation]:
         """Further evaluations from the saved extra outputs (none by default)."""
+        return []
+
+    def evaluate_maps(
+        self, cases: Sequence[Case], maps: Mapping[str, Sequence[Path]], out: Path, n_boot: int
+    ) -> list[MapEvaluation]:
+        """Scores of the saved maps (map name -> one ``.npy`` per case, in ``cases`` order) against the cases'
+        ground truth, with figures written into ``out`` (none by default)."""
         return []
 
     def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
