@@ -67,7 +67,7 @@ from osteoscope.engine.runs import (
 )
 from osteoscope.engine.trainer import train
 from osteoscope.errors import ConfigError, OsteoscopeError
-from osteoscope.heads import BinaryHead, Head, markdown_table
+from osteoscope.heads import BinaryHead, Head, interval, markdown_table
 from osteoscope.report.html import write_report
 from osteoscope.report.summary import (
     comparison_table,
@@ -286,7 +286,12 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
         "reference": study.reference,
         "tuning": {"grid": study.tuning, "budget": study.base.get("train", {}), "per_model": tuning},
         "results": {
-            name: {"run": str(chosen[name]), "overall": r["overall"], "subsets": r["subsets"]}
+            name: {
+                "run": str(chosen[name]),
+                "overall": r["overall"],
+                "subsets": r["subsets"],
+                "maps": r.get("maps", {}),
+            }
             for name, r in results.items()
         },
         "comparisons": comparisons,
@@ -356,6 +361,19 @@ def compare_runs(
     return comparisons
 
 
+def maps_section(results: Mapping[str, Mapping]) -> str:
+    """One table per map evaluation (e.g. patch attention against the lesion) with a row per model that has
+    it: every interval figure of the evaluation, and its case count."""
+    names = sorted({name for r in results.values() for name in r.get("maps", {})})
+    parts = []
+    for name in names:
+        rows = {model: r["maps"][name] for model, r in results.items() if name in r.get("maps", {})}
+        keys = [k for k, v in next(iter(rows.values())).items() if isinstance(v, Mapping) and "estimate" in v]
+        table = [[model, *(interval(m[k]) for k in keys), m.get("cases", "")] for model, m in rows.items()]
+        parts += [f"## {name}", markdown_table(["model", *(k.replace("_", " ") for k in keys), "cases"], table)]
+    return "\n\n".join(parts)
+
+
 def readers_line(readers: Mapping[str, Mapping[str, float]]) -> str:
     """The human readers marked on the ROC, as given in the study file or on the command line."""
     if not readers:
@@ -395,6 +413,7 @@ def study_report(
         readers_line(summary.get("readers") or {}),
         plots,
         training_section(histories, head, out, "training"),
+        maps_section(results),
         "## Paired tests against the reference",
         tests_table(summary["comparisons"]) if summary["comparisons"] else "(only one model)",
         "## Tuning: the same grid for every model, chosen on validation",
