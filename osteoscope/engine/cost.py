@@ -51,7 +51,7 @@ def measure(run_dir: str | Path, *, repeats: int = 5) -> dict[str, float]:
         model(**model_inputs(model, one, model_name=run.model_name, task=task))
     flops = counter.get_total_flops()
     peak_before = peak_rss_mib()  # the reset below clears it
-    resident = _reset_peak_rss()
+    resident = reset_peak_rss()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     loss, _ = task.loss()(forward(model, batch, model_name=run.model_name, task=task), batch)
@@ -101,7 +101,7 @@ def peak_rss_mib() -> float:
     return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _reset_peak_rss() -> float:
+def reset_peak_rss() -> float:
     """Reset the kernel's peak-RSS mark (Linux: ``clear_refs`` 5) and return the current RSS in MiB."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
