@@ -1,0 +1,158 @@
+"""Automatic femoral-head boxes on CT, for volumes whose manifest gives none (beyond the seed, whose boxes
+were drawn by hand). Classical, no training, so it does not depend on a phantom looking real:
+
+1. bone is ``bone_hu`` <= HU < ``metal_hu``, holes filled in every axial, coronal and sagittal plane (the
+   head's trabecular interior is often below the threshold while its cortex is closed); metal is never bone;
+2. the Euclidean distance to the nearest non-bone voxel, in mm, peaks at the centre of every thick, round
+   piece of bone; a femoral head is the thickest such ball (its radius, less the thin cortex' partial volume,
+   is the peak's value); of those only the peaks with bone above them within ``roof_mm`` of their surface
+   (the acetabular roof) count, which leaves out the greater trochanters and the femoral shafts;
+3. the two heads are the pair of peaks (``radius_mm`` each, not on the volume's border) that sit side by side:
+   ``pair_mm`` apart left-right, within ``offset_mm`` in height and depth, radii within ``radius_ratio``, the
+   pair with the largest summed radius. A volume too narrow for a pair (a crop around one hip) gives its one
+   thickest peak, with the side left open;
+4. the box is a cube of ``box_mm`` around each centre (the phantom's crop is 76 mm), clipped to the volume.
+
+Sides follow the reader's LPS axes: the array's x index grows toward the patient's left. A head with metal
+within ``metal_margin_mm`` (a prosthesis, a neck screw) is reported with the reason, not silently boxed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from osteoscope.errors import DataError
+
+
+@dataclass(frozen=True)
+class HeadFinder:
+    """Parameters of :func:`find_heads` (HU, mm)."""
+
+    bone_hu: float = 200.0
+    metal_hu: float = 2500.0
+    radius_mm: tuple[float, float] = (9.0, 32.0)
+    pair_mm: tuple[float, float] = (110.0, 260.0)
+    offset_mm: float = 30.0
+    radius_ratio: float = 1.5
+    box_mm: float = 76.0
+    metal_margin_mm: float = 15.0
+    roof_mm: float = 15.0
+
+
+@dataclass(frozen=True)
+class FoundHead:
+    """One femoral head: ``side`` right/left (or "" when one hip alone was in view), centre (z, y, x) in
+    voxels, radius (mm) of the largest bone ball there, the box (x0 y0 z0 x1 y1 z1, end exclusive) and
+    ``metal``, the implant voxels within the margin (0: none)."""
+
+    side: str
+    centre: tuple[float, float, float]
+    radius_mm: float
+    box: tuple[int, int, int, int, int, int]
+    metal: int
+
+
+def _peaks(thickness: np.ndarray, spacing: np.ndarray, finder: HeadFinder) -> list[tuple[np.ndarray, float]]:
+    """Local maxima of the bone thickness map inside ``radius_mm``, away from the border, thickest first."""
+    window = np.maximum(3, np.round(finder.radius_mm[0] / spacing).astype(int) * 2 + 1)
+    local = thickness == ndimage.maximum_filter(thickness, size=tuple(window))
+    low, high = finder.radius_mm
+    found = np.argwhere(local & (thickness >= low) & (thickness <= high))
+    shape = np.array(thickness.shape)
+    inside = ((found >= 1) & (found <= shape - 2)).all(axis=1)
+    found = found[inside]
+    order = np.argsort(-thickness[tuple(found.T)], kind="stable")
+    return [(found[i].astype(float), float(thickness[tuple(found[i])])) for i in order]
+
+
+def _box(centre: np.ndarray, spacing: np.ndarray, shape: Sequence[int], box_mm: float) -> tuple[int, ...]:
+    """The cube of ``box_mm`` around ``centre`` (z, y, x), as x0 y0 z0 x1 y1 z1 clipped to the volume."""
+    half = box_mm / 2 / spacing
+    lo = np.clip(np.floor(centre - half), 0, None).astype(int)
+    hi = np.minimum(np.ceil(centre + half).astype(int) + 1, np.asarray(shape))
+    return int(lo[2]), int(lo[1]), int(lo[0]), int(hi[2]), int(hi[1]), int(hi[0])
+
+
+def find_heads(volume: np.ndarray, spacing: Sequence[float], finder: HeadFinder | None = None) -> list[FoundHead]:
+    """The femoral heads of a CT volume (z, y, x) in HU with ``spacing`` (dz, dy, dx) mm: two, patient right
+    first, or one (side "") when the volume is too narrow for a pair.
+
+    Raises:
+        DataError: when no piece of bone is thick and round enough to be a femoral head.
+    """
+    finder = finder or HeadFinder()
+    sp = np.asarray(spacing, dtype=float)
+    metal = volume >= finder.metal_hu
+    bone = (volume >= finder.bone_hu) & ~metal
+    thickness = ndimage.distance_transform_edt(_fill_planes(bone), sampling=sp)
+    peaks = [(c, r) for c, r in _peaks(thickness, sp, finder) if _roofed(bone, c, r, sp, finder.roof_mm)]
+    if not peaks:
+        raise DataError(
+            f"no bone ball of radius {finder.radius_mm[0]:g}-{finder.radius_mm[1]:g} mm above {finder.bone_hu:g} HU: "
+            "the volume shows no femoral head (or give the box in the manifest)"
+        )
+    width = volume.shape[2] * sp[2]
+    best: tuple[float, int, int] | None = None
+    for i, (a, ra) in enumerate(peaks):
+        for j in range(i + 1, len(peaks)):
+            b, rb = peaks[j]
+            d = (b - a) * sp
+            apart = abs(d[2])
+            if not (finder.pair_mm[0] <= apart <= finder.pair_mm[1]):
+                continue
+            if abs(d[0]) > finder.offset_mm or abs(d[1]) > finder.offset_mm:
+                continue
+            if max(ra, rb) / min(ra, rb) > finder.radius_ratio:
+                continue
+            if best is None or ra + rb > best[0]:
+                best = (ra + rb, i, j)
+    if best is None:
+        if width >= finder.pair_mm[0]:
+            raise DataError(
+                f"{len(peaks)} bone ball(s) found but no two side by side {finder.pair_mm[0]:g}-{finder.pair_mm[1]:g} "
+                "mm apart: the two femoral heads are not both in view (or give the boxes in the manifest)"
+            )
+        chosen = [("", peaks[0])]
+    else:
+        a, b = peaks[best[1]], peaks[best[2]]
+        right, left = (a, b) if a[0][2] < b[0][2] else (b, a)  # x grows toward the patient's left
+        chosen = [("right", right), ("left", left)]
+    heads = []
+    for side, (centre, radius) in chosen:
+        near = 0
+        if metal.any():
+            near = int((metal & _ball_mask(volume.shape, centre, sp, radius + finder.metal_margin_mm)).sum())
+        heads.append(
+            FoundHead(side, tuple(centre.tolist()), radius, _box(centre, sp, volume.shape, finder.box_mm), near)
+        )
+    return heads
+
+
+def _roofed(bone: np.ndarray, centre: np.ndarray, radius: float, spacing: np.ndarray, roof_mm: float) -> bool:
+    """Whether bone lies above the ball (superior, +z) within ``roof_mm`` of its surface: a femoral head sits
+    under the acetabular roof, the greater trochanter and the femoral shaft under muscle."""
+    z, y, x = np.round(centre).astype(int)
+    first = z + int(np.ceil((radius + 1.0) / spacing[0]))
+    last = z + int(np.ceil((radius + roof_mm) / spacing[0]))
+    return bool(bone[first : last + 1, y, x].any())
+
+
+def _fill_planes(mask: np.ndarray) -> np.ndarray:
+    """Holes filled in every axial, coronal and sagittal plane: a head's cortex is a closed ring in most
+    planes through it even where the 3-D shell opens into the neck and the marrow of the shaft."""
+    filled = mask.copy()
+    for axis in range(3):
+        planes = np.moveaxis(mask, axis, 0)
+        filled |= np.moveaxis(np.stack([ndimage.binary_fill_holes(p) for p in planes]), 0, axis)
+    return filled
+
+
+def _ball_mask(shape: Sequence[int], centre: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Voxels within ``radius_mm`` of ``centre``."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing, strict=True))
+    return d2 <= radius_mm**2
