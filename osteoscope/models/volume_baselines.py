@@ -10,6 +10,7 @@ Both take the model contract's ``image`` (B, C, D, H, W) and return ``{"logits":
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -94,7 +95,7 @@ class Mixer3d(nn.Module):
         super().__init__()
         if any(side % patch_size for side in img_size):
             raise ConfigError(f"mixer3d: img_size {list(img_size)} is not a multiple of patch_size {patch_size}")
-        tokens = int(torch.tensor([side // patch_size for side in img_size]).prod())
+        tokens = math.prod(side // patch_size for side in img_size)
         self.embed = nn.Conv3d(in_chans, dim, patch_size, stride=patch_size)
         self.blocks = nn.Sequential(*(_MixerBlock(tokens, dim, token_mlp, channel_mlp) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
