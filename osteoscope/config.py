@@ -69,7 +69,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation: AdamW with linear warm-up then cosine decay, early stopping on the task's monitor.
+    """Optimisation: AdamW with linear warm-up then cosine (or step) decay, early stopping on the task's monitor.
 
     The monitor follows the task's head: validation AUC (binary), macro one-vs-rest AUROC (multi-class),
     mAP (multi-label), or the validation loss (pretext stages).
@@ -80,7 +80,9 @@ class TrainConfig:
         lr: Peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_epochs: Epochs of linear warm-up.
-        schedule: ``cosine`` or ``constant`` after warm-up.
+        schedule: ``cosine``, ``constant`` or ``step`` after warm-up.
+        step_epochs: With ``step``: the learning rate is multiplied by ``step_gamma`` every this many epochs.
+        step_gamma: With ``step``: the factor (SRANet: 0.1 every 50 epochs).
         patience: Stop after this many epochs without a better monitored value (0 = never stop early).
         seed: Seed of weights, shuffling and augmentation.
         init_from: ``RUN[:PREFIX]`` or ``RUN:PREFIX=NEW``: start from the best weights of an earlier run,
@@ -99,6 +101,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     schedule: str = "cosine"
+    step_epochs: int = 50
+    step_gamma: float = 0.1
     patience: int = 8
     seed: int = 0
     init_from: str = ""

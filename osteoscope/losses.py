@@ -1,4 +1,5 @@
-"""Losses: one default per head kind, and the AsT difference loss (Eq. 3) with the bilateral ONFH objective.
+"""Losses: one default per head kind, the AsT difference loss (Eq. 3) with the bilateral ONFH objective, and
+SRANet's structure-regularised objective (Eq. 12).
 
 Every loss module takes ``(outputs, batch)`` (the model's output dict and the batch of samples) and returns
 ``(total, parts)``: the scalar to back-propagate and its named parts as floats for the training log.
@@ -196,3 +197,34 @@ class BilateralLoss(BinaryLoss):
             total = total + self.diff_weight * diff
         parts = {"bce": bce.item(), "side": side.item(), "diff": diff.item(), "total": total.item()}
         return total, parts
+
+
+class StructureRegularizedLoss(nn.Module):
+    """SRANet Eq. 12: ``alpha * l_c + (1 - alpha) * l_s``.
+
+    ``l_c`` is the head's own loss (``base``: BCE for necrosis, cross-entropy for the ARCO stage); ``l_s``
+    (Eq. 10-11) the BCE of each patch's structure score ``sigmoid(q_i)`` against ``f_i`` (1 where the patch
+    overlaps the bone mask), averaged over patches and cases. ``l_s`` is used only when the model returns
+    ``aux["structure_logits"]`` and ``aux["structure_targets"]`` (SRANet given a mask); a baseline, or
+    evaluation without masks, trains or scores on ``l_c`` alone (and ``alpha`` = 1 is SRANet without the
+    regulariser).
+
+    Args:
+        base: The head's loss, ``(outputs, batch) -> (loss, parts)``.
+        alpha: Weight of the classification loss, in (0, 1]; the seed does not give it.
+    """
+
+    def __init__(self, base: nn.Module, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.alpha = alpha
+
+    def forward(self, outputs: Mapping, batch: Mapping) -> tuple[torch.Tensor, Parts]:
+        l_c, parts = self.base(outputs, batch)
+        aux = outputs.get("aux", {})
+        if self.alpha >= 1.0 or "structure_logits" not in aux or "structure_targets" not in aux:
+            return l_c, {**parts, "structure": 0.0}
+        q = aux["structure_logits"]
+        l_s = F.binary_cross_entropy_with_logits(q, aux["structure_targets"].to(q.dtype))
+        total = self.alpha * l_c + (1.0 - self.alpha) * l_s
+        return total, {**parts, "structure": l_s.item(), "total": total.item()}

@@ -96,4 +96,4 @@ def test_cli_lists_tasks_with_their_options_and_the_model_families() -> None:
     assert any(line.split()[:2] == ["vit", "onfh-xray"] and "base 85.3M" in line for line in lines)
     timm = next(line for line in lines if line.strip().startswith("timm:<any timm model>:"))
     assert "femur-fracture-xray (timm:resnet18)" in timm and "--preset" in timm
-    assert any(line.strip().startswith("monai:") and "avnfh-ct (monai:resnet10)" in line for line in lines)
+    assert any(line.split()[:2] == ["sranet", "avnfh-ct"] and "base 3.38M" in line for line in lines)

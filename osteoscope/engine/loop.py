@@ -36,12 +36,17 @@ def is_main_process() -> bool:
     )
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to zero or constant."""
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, schedule: str, step_every: int = 0, gamma: float = 0.1
+) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to zero, constant, or (``step``) multiplied
+    by ``gamma`` every ``step_every`` steps counted from the start."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "step":
+        return gamma ** (step // max(1, step_every))
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 

@@ -154,8 +154,8 @@ def train(
         raise OsteoscopeError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
     task = task_of(config)
     tc = config.train
-    if tc.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"train.schedule must be cosine or constant, got {tc.schedule!r}")
+    if tc.schedule not in ("cosine", "constant", "step"):
+        raise ConfigError(f"train.schedule must be cosine, constant or step, got {tc.schedule!r}")
     if not config.data.path:
         raise ConfigError("no dataset given: set data.path (or --data)")
     name = model_name(config, task)
@@ -218,7 +218,15 @@ def train(
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, steps_per_epoch * tc.warmup_epochs, tc.schedule)
+        optimizer,
+        lambda s: lr_factor(
+            s,
+            total_steps,
+            steps_per_epoch * tc.warmup_epochs,
+            tc.schedule,
+            steps_per_epoch * tc.step_epochs,
+            tc.step_gamma,
+        ),
     )
     head = task.head
     monitor = f"val_{head.monitor}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from osteoscope.models import adapters, ast, timm_baselines, volume_baselines
+from osteoscope.models import adapters, ast, sranet, timm_baselines, volume_baselines
 from osteoscope.models.registry import (
     build_model,
     create_model,
@@ -23,6 +23,7 @@ __all__ = [
     "list_models",
     "register_model",
     "register_model_prefix",
+    "sranet",
     "timm_baselines",
     "volume_baselines",
 ]

@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import VolumeWithMask
 from osteoscope.data.manifest import Case
 from osteoscope.errors import ConfigError, DataError
 from osteoscope.heads import BinaryHead, Head, MulticlassHead
+from osteoscope.losses import BinaryLoss, StructureRegularizedLoss
 from osteoscope.phantoms import avnfh_ct as avnfh_ct_phantom
 from osteoscope.tasks.avnfh_ct_attention import draw_attention, score_case, summarise, summary_markdown
 from osteoscope.tasks.base import (
@@ -74,14 +76,33 @@ class Options(AugmentOptions):
             raise ConfigError(f"data.options.size must be three numbers (D, H, W), got {list(self.size)}")
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """SRANet's objective (Eq. 12) around the head's own loss; plain models train on the head's loss alone.
+
+    Attributes:
+        alpha: Weight of the classification loss against the structure regulariser, in (0, 1]; the seed
+            does not give it: 0.5 weighs the two equally. 1 switches the regulariser off.
+        pos_weight: Positive-class weight of the necrosis BCE (target ``necrosis`` only), or None.
+    """
+
+    alpha: float = 0.5
+    pos_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha <= 1.0:
+            raise ConfigError(f"loss.options.alpha must be in (0, 1], got {self.alpha}")
+
+
 class AvnfhCt(Task):
     name = "avnfh-ct"
     description = "femoral-head necrosis yes/no (or ARCO stage 0-IV with target: stage) from a 3-D CT box (SRANet)"
-    default_model = "monai:resnet10"
+    default_model = "sranet"
     modalities = frozenset({"CT"})
     body_parts = frozenset({"HIP", "PELVIS", "ABDOMENPELVIS", "LOWERLIMB", "PARTIALBODY", "WHOLEBODY"})
     phantom = staticmethod(avnfh_ct_phantom.generate)
     Options = Options
+    LossOptions = LossOptions
 
     @property
     def head(self) -> Head:
@@ -95,6 +116,18 @@ class AvnfhCt(Task):
         if self.options.target == "stage":
             return Schema(required=("image",), optional=optional)
         return Schema(labels=("label",), label_values={"label": (0, 1)}, required=("image",), optional=optional)
+
+    def loss(self) -> nn.Module:
+        """SRANet's ``alpha * l_c + (1 - alpha) * l_s`` (:class:`StructureRegularizedLoss`), with ``l_c``
+        the head's loss; models without structure scores get ``l_c`` alone."""
+        o = self.loss_options
+        if self.options.target == "stage":
+            if o.pos_weight is not None:
+                raise ConfigError("loss.options.pos_weight applies to the necrosis target, not to stage")
+            base = self.head.make_loss(self.head.LossOptions())
+        else:
+            base = BinaryLoss(o.pos_weight)
+        return StructureRegularizedLoss(base, o.alpha)
 
     def target(self, case: Case) -> torch.Tensor:
         if self.options.target == "stage":
