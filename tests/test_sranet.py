@@ -151,3 +151,13 @@ def test_the_shipped_config_holds_the_seeds_training_settings() -> None:
     steps = 10  # per epoch: the rate is 1e-4 for epochs 0-49, 1e-5 for 50-99, ...
     factors = [lr_factor(epoch * steps, 200 * steps, 0, "step", 50 * steps, 0.1) for epoch in (0, 49, 50, 100, 199)]
     assert factors == pytest.approx([1.0, 1.0, 0.1, 0.01, 0.001])
+
+
+def test_the_ct_study_holds_tables_two_and_three() -> None:
+    from osteoscope.engine.study import load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "configs" / "studies" / "avnfh-ct.yaml")
+    assert study.reference == "sranet" and study.readers == {"orthopaedic surgeon (seed Fig. 3)": (0.95, 0.85)}
+    alphas = {name: m.get("loss", {}).get("options", {}).get("alpha") for name, m in study.models.items()}
+    assert alphas["sranet-no-regulariser"] == alphas["sranet-resnet-no-regulariser"] == 1.0
+    assert {"vgg3d", "mixer3d", "vit3d", "resnet3d"} <= set(study.models)  # Table II's baselines

@@ -37,6 +37,7 @@ from osteoscope.models.registry import register_model, resolve_preset
 
 SRANET_PRESETS: dict[str, dict[str, object]] = {
     "base": {"channels": (20, 50), "embed_dim": 500, "attention_dim": 128},  # AttentionDeepMIL's widths
+    "small": {"channels": (10, 25), "embed_dim": 250, "attention_dim": 64},  # half of base: CPU studies
     "tiny": {"channels": (4, 8), "embed_dim": 32, "attention_dim": 16},
 }
 STRUCTURE_SCORES = ("gate", "head")

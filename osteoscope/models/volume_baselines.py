@@ -1,8 +1,8 @@
 """3-D baselines of SRANet's Table II that MONAI does not provide: a VGG-style CNN and an MLP-Mixer.
 
 The seed names the baselines but publishes none of their sizes, so both follow their 2-D originals with
-every convolution, pooling and token grid made 3-D, and two presets each: ``base`` (about the size of the
-2-D original's smallest member, for the study) and ``tiny`` (for tests and CPU smoke runs). The other
+every convolution, pooling and token grid made 3-D, and three presets each: ``base`` (about the size of the
+2-D original's smallest member), ``small`` (half its widths, for CPU studies) and ``tiny`` (for tests). The other
 baselines are MONAI's: ``monai:ViT`` (ViT 3-D) and ``monai:resnet10`` (3-D ResNet).
 
 Both take the model contract's ``image`` (B, C, D, H, W) and return ``{"logits": (B, num_classes)}``.
@@ -23,12 +23,14 @@ VGG3D_PRESETS: dict[str, dict[str, object]] = {
     # VGG-11's first four stages (1, 1, 2, 2 convolutions) at a quarter of its widths: a 128^3 input has
     # about 40x the voxels of VGG's 224^2 pixels, so full widths would not fit one GPU at batch 2.
     "base": {"widths": (16, 32, 64, 128), "convs": (1, 1, 2, 2)},
+    "small": {"widths": (8, 16, 32, 64), "convs": (1, 1, 2, 2)},
     "tiny": {"widths": (4, 8), "convs": (1, 1)},
 }
 
 MIXER3D_PRESETS: dict[str, dict[str, object]] = {
     # Mixer-S/16's depth and token MLP at half its width; 16^3 patches give 512 tokens at 128^3.
     "base": {"patch_size": 16, "dim": 256, "depth": 8, "token_mlp": 256, "channel_mlp": 1024},
+    "small": {"patch_size": 16, "dim": 128, "depth": 4, "token_mlp": 128, "channel_mlp": 512},
     "tiny": {"patch_size": 8, "dim": 16, "depth": 2, "token_mlp": 16, "channel_mlp": 32},
 }
 
