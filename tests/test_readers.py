@@ -157,7 +157,7 @@ def test_ct_series_folder_is_sorted_by_position() -> None:
 
 
 @pytest.mark.realdata
-def test_series_folder_ignores_junk_and_rejects_two_series(tmp_path: Path) -> None:
+def test_series_folder_ignores_junk_and_rejects_two_series(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     files = sorted(shared(CT_SERIES).iterdir())[:3]
     folder = tmp_path / "series"
     folder.mkdir()
@@ -165,7 +165,9 @@ def test_series_folder_ignores_junk_and_rejects_two_series(tmp_path: Path) -> No
         shutil.copy(file, folder / name)
     (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
     (folder / "notes.txt").write_text("scanned on tuesday\n")
-    volume = read_image(folder)
+    with caplog.at_level("WARNING", logger="osteoscope.data.readers"):
+        volume = read_image(folder)
+    assert ".DS_Store" in caplog.text and "notes.txt" in caplog.text  # skipped files are named
     assert volume.array.shape == (3, 512, 512) and volume.spacing[0] == pytest.approx(2.0)
     np.testing.assert_array_equal(volume.array[2], read_image(files[0]).array)  # highest z last
 
@@ -175,6 +177,9 @@ def test_series_folder_ignores_junk_and_rejects_two_series(tmp_path: Path) -> No
     with pytest.raises(DataError, match=r"2 DICOM series.*1\.2\.826\.0\.1\.3680043\.99\.1") as err:
         read_image(folder)
     assert str(folder) in str(err.value)
+    assert read_image(folder, series="1.2.826.0.1.3680043.99.1").array.shape == (1, 512, 512)
+    with pytest.raises(DataError, match=r"'9\.9' is not in the folder.*1\.2\.826\.0\.1\.3680043\.99\.1"):
+        read_image(folder, series="9.9")
 
 
 @pytest.mark.realdata
@@ -389,7 +394,9 @@ def test_decode_once_decodes_each_file_once_and_hands_out_copies(
     calls: list[tuple[Path, int | None]] = []
     read = readers._read
     monkeypatch.setattr(
-        readers, "_read", lambda p, voi, min_side: (calls.append((p, min_side)), read(p, voi, min_side))[1]
+        readers,
+        "_read",
+        lambda p, voi, min_side, series: (calls.append((p, min_side)), read(p, voi, min_side, series))[1],
     )
     with readers.decode_once(min_side=150):
         first = read_image(path)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -93,6 +94,7 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 _DICOM_SUFFIXES = frozenset({"", ".dcm", ".dicom", ".ima"})
+_LOG = logging.getLogger(__name__)
 _SUPPORTED = "DICOM (.dcm, no extension, or a series folder), NIfTI (.nii, .nii.gz), PNG, JPEG, TIFF"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -146,7 +148,9 @@ def decode_once(min_side: int | None = None) -> Iterator[None]:
         _STUDY.reset(token)
 
 
-def read_image(path: str | Path, *, voi: bool | None = None, min_side: int | None = None) -> Image:
+def read_image(
+    path: str | Path, *, voi: bool | None = None, min_side: int | None = None, series: str | None = None
+) -> Image:
     """Read one image file, or a folder holding one DICOM series, as a grey float32 :class:`Image`.
 
     Args:
@@ -159,13 +163,18 @@ def read_image(path: str | Path, *, voi: bool | None = None, min_side: int | Non
         min_side: 2-D images only (volumes are always read in full): decode at the coarsest scale of
             :data:`DECODE_SCALES` whose shorter side keeps at least this many pixels (see the module
             docstring); ``None`` decodes in full, or at the enclosing :func:`decode_once` block's value.
+        series: DICOM series folders only: the SeriesInstanceUID to read when the folder holds several
+            series; ``None`` requires exactly one. Files that are not DICOM are skipped and named in
+            the ``osteoscope.data.readers`` log (warning).
 
     Returns:
         The image; ``meta`` records format, source path and every value transform applied, and with
         ``min_side`` the ``decode_scale`` and ``file_shape``.
 
     Raises:
-        DataError: the path is missing, unreadable, not an image, or in an unsupported format.
+        DataError: the path is missing, unreadable, not an image, or in an unsupported format; a
+            series folder holds several series and ``series`` is None, or ``series`` is not among
+            them (the message lists the UIDs).
     """
     study = _STUDY.get()
     if min_side is None and study is not None:
@@ -173,20 +182,22 @@ def read_image(path: str | Path, *, voi: bool | None = None, min_side: int | Non
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be at least 1, got {min_side}")
     if study is None:
-        return _read(Path(path), voi, min_side)
-    key = (str(Path(path).resolve()), voi, min_side)
+        return _read(Path(path), voi, min_side, series)
+    key = (str(Path(path).resolve()), voi, min_side, series)
     if key not in study.images:
-        study.images[key] = _read(Path(path), voi, min_side)
+        study.images[key] = _read(Path(path), voi, min_side, series)
     image = study.images[key]
     return Image(image.array.copy(), image.spacing, dict(image.meta))
 
 
-def _read(path: Path, voi: bool | None, min_side: int | None) -> Image:
+def _read(path: Path, voi: bool | None, min_side: int | None, series: str | None = None) -> Image:
     """:func:`read_image` without the :func:`decode_once` bookkeeping."""
     if not path.exists():
         raise DataError(missing_reason(path), path=path)
     if path.is_dir():
-        return _read_dicom_series(path, voi)
+        return _read_dicom_series(path, voi, series)
+    if series is not None:
+        raise DataError(f"series {series!r} was given but the path is a file, not a DICOM series folder", path=path)
     try:
         with path.open("rb") as f:
             head = f.read(132)
@@ -681,24 +692,37 @@ def _read_dicom_file(path: Path, voi: bool | None, *, force: bool, min_side: int
     return Image(values, (float(between) if between else 1.0, *in_plane), meta)
 
 
-def _read_dicom_series(folder: Path, voi: bool | None) -> Image:
-    """A folder of single-frame DICOM slices of one series → (z, y, x) volume sorted along the normal."""
+def _read_dicom_series(folder: Path, voi: bool | None, uid: str | None = None) -> Image:
+    """A folder of single-frame DICOM slices → (z, y, x) volume of one series sorted along the normal.
+
+    ``uid`` picks the series by SeriesInstanceUID; without it the folder must hold one series.
+    Non-DICOM files (.DS_Store, notes, thumbnails) are skipped and named in one log warning.
+    """
     series: dict[str, list[tuple[Path, Dataset]]] = {}
+    skipped: list[str] = []
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
             ds = pydicom.dcmread(file)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
-            continue  # not DICOM (.DS_Store, notes, thumbnails): ignored by design
+            skipped.append(file.name)
+            continue
         if "Rows" in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
             raise DataError("a slice of the series has image attributes but no pixel data", path=file)
         if any(k in ds for k in _PIXEL_KEYWORDS):
             series.setdefault(str(ds.get("SeriesInstanceUID", "") or ""), []).append((file, ds))
+    if skipped:
+        _LOG.warning("%s: skipped %d non-DICOM file(s): %s", folder, len(skipped), ", ".join(skipped))
     if not series:
         raise DataError("folder holds no DICOM image files", path=folder)
-    if len(series) > 1:
-        listing = "; ".join(f"{uid or '(no UID)'} ({len(items)} files)" for uid, items in series.items())
+    listing = "; ".join(f"{key or '(no UID)'} ({len(items)} files)" for key, items in series.items())
+    if uid is not None:
+        if uid not in series:
+            raise DataError(f"series {uid!r} is not in the folder; SeriesInstanceUIDs: {listing}", path=folder)
+        series = {uid: series[uid]}
+    elif len(series) > 1:
         raise DataError(
-            f"folder holds {len(series)} DICOM series, expected one; SeriesInstanceUIDs: {listing}",
+            f"folder holds {len(series)} DICOM series, expected one (pick one with series=UID); "
+            f"SeriesInstanceUIDs: {listing}",
             path=folder,
         )
     (slices,) = series.values()
