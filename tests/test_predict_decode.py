@@ -77,7 +77,10 @@ def test_each_file_is_decoded_once_at_the_reduced_scale(
     monkeypatch.setattr(
         readers,
         "_read",
-        lambda path, voi, min_side: (calls.append((path.name, min_side)), read(path, voi, min_side))[1],
+        lambda path, voi, min_side, series=None: (
+            calls.append((path.name, min_side)),
+            read(path, voi, min_side, series),
+        )[1],
     )
     results = predict_images(run, films, ood="flag")  # located by the localiser, then cropped, then guarded
     assert calls == [("film.png", 256), ("film.jpg", 256)]
