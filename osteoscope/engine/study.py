@@ -236,8 +236,9 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
     out = Path(out_dir)
     for name in study.models:  # every model builds before the data are read or a folder is written
         config = run_config(study, name, study.grid()[0])
-        build_checked_model(config, task_of(config))
-        if study.readers and not isinstance(task_of(config).head, BinaryHead):
+        task = task_of(config)
+        build_checked_model(config, task)
+        if study.readers and not isinstance(task.head, BinaryHead):
             raise ConfigError("study readers (sensitivity, specificity) need a binary task")
     shared = _shared_split(study, out)
     tuning: dict[str, dict[str, Any]] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from torch import nn
@@ -160,6 +160,14 @@ def square_side(img_size: int | tuple[int, ...], model: str) -> int:
     if len(img_size) != 2 or len(sides) != 1:
         raise ConfigError(f"model {model} takes square 2-D inputs (img_size S or [S, S]), got {list(img_size)}")
     return int(sides.pop())
+
+
+def volume_size(img_size: int | Sequence[int], model: str) -> tuple[int, int, int]:
+    """A 3-D input size (D, H, W) given as an int (a cube) or three numbers; anything else is a ConfigError."""
+    size = [img_size] * 3 if isinstance(img_size, int) else [int(s) for s in img_size]
+    if len(size) != 3:
+        raise ConfigError(f"{model} is a 3-D model; img_size must be (D, H, W), got {size}")
+    return size[0], size[1], size[2]
 
 
 def resolve_preset(

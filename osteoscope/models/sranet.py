@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from osteoscope.errors import ConfigError
-from osteoscope.models.registry import register_model, resolve_preset
+from osteoscope.models.registry import register_model, resolve_preset, volume_size
 
 SRANET_PRESETS: dict[str, dict[str, object]] = {
     "base": {"channels": (20, 50), "embed_dim": 500, "attention_dim": 128},  # AttentionDeepMIL's widths
@@ -181,13 +181,11 @@ def create_sranet(
     drop_rate: float = 0.0,
 ) -> SraNet:
     """SRANet with ``grid``^3 patches (P of the seed); the widths override the preset."""
-    size = [img_size] * 3 if isinstance(img_size, int) else [int(s) for s in img_size]
-    if len(size) != 3:
-        raise ConfigError(f"sranet is a 3-D model; img_size must be (D, H, W), got {size}")
+    size = volume_size(img_size, "sranet")
     cfg = resolve_preset(
         SRANET_PRESETS, preset, {"channels": channels, "embed_dim": embed_dim, "attention_dim": attention_dim}
     )
     return SraNet(
-        in_chans, num_classes, (size[0], size[1], size[2]), grid, encoder=encoder, structure_score=structure_score,
+        in_chans, num_classes, size, grid, encoder=encoder, structure_score=structure_score,
         drop_rate=drop_rate, **cfg,
     )  # fmt: skip

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from osteoscope.errors import ConfigError
-from osteoscope.models.registry import register_model, resolve_preset
+from osteoscope.models.registry import register_model, resolve_preset, volume_size
 
 VGG3D_PRESETS: dict[str, dict[str, object]] = {
     # VGG-11's first four stages (1, 1, 2, 2 convolutions) at a quarter of its widths: a 128^3 input has
@@ -108,14 +108,6 @@ class Mixer3d(nn.Module):
         return {"logits": self.head(self.norm(self.blocks(x)).mean(1))}
 
 
-def _volume_size(img_size: int | Sequence[int], model: str) -> tuple[int, int, int]:
-    """``img_size`` as (D, H, W); a single number means a cube."""
-    size = [img_size] * 3 if isinstance(img_size, int) else [int(s) for s in img_size]
-    if len(size) != 3:
-        raise ConfigError(f"{model} is a 3-D model; img_size must be (D, H, W), got {size}")
-    return size[0], size[1], size[2]
-
-
 @register_model("vgg3d", presets=VGG3D_PRESETS)
 def create_vgg3d(
     preset: str = "base",
@@ -127,7 +119,7 @@ def create_vgg3d(
     drop_rate: float = 0.3,
 ) -> Vgg3d:
     """VGG-style 3-D baseline (SRANet Table II); ``widths``/``convs`` override the preset per stage."""
-    size = _volume_size(img_size, "vgg3d")
+    size = volume_size(img_size, "vgg3d")
     cfg = resolve_preset(VGG3D_PRESETS, preset, {"widths": widths, "convs": convs})
     if len(cfg["widths"]) != len(cfg["convs"]):
         raise ConfigError("vgg3d: widths and convs need one entry per stage")
@@ -157,4 +149,4 @@ def create_mixer3d(
         "channel_mlp": channel_mlp,
     }
     cfg = resolve_preset(MIXER3D_PRESETS, preset, overrides)
-    return Mixer3d(in_chans, num_classes, _volume_size(img_size, "mixer3d"), **cfg)
+    return Mixer3d(in_chans, num_classes, volume_size(img_size, "mixer3d"), **cfg)
