@@ -63,6 +63,18 @@ def test_a_user_error_inside_a_command_is_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("reader", "message"),
+    [("radiologist=0.8", "give NAME=SENSITIVITY,SPECIFICITY"), ("radiologist=0.8,1.4", "proportions in [0, 1]")],
+)
+def test_a_bad_reader_point_is_one_line(reader: str, message: str) -> None:
+    study = REPO / "configs" / "studies" / "avnfh-ct.yaml"
+    result = run_cli("study", str(study), "--reader", reader, "--out", "unused")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr
+
+
 def test_an_internal_error_keeps_its_traceback(tmp_path: Path) -> None:
     """A bug (here a RuntimeError raised by the phantom generator) is not dressed up as a user error."""
     script = (
