@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from osteoscope.errors import DataError
-from osteoscope.tasks.avnfh_ct_attention import (
+from osteoscope.tasks.avnfh_ct.attention import (
     AttentionScore,
     draw_attention,
     lesion_patches,

@@ -11,7 +11,7 @@ import pytest
 from osteoscope.data.readers import read_image
 from osteoscope.errors import DataError
 from osteoscope.phantoms import generate_phantom
-from osteoscope.tasks.avnfh_ct_heads import find_heads
+from osteoscope.tasks.avnfh_ct.heads import find_heads
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pelvis-ct" / "example_ct.nii.gz"
 

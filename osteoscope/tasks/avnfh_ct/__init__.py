@@ -28,7 +28,7 @@ from osteoscope.errors import ConfigError, DataError
 from osteoscope.heads import BinaryHead, Head, MulticlassHead
 from osteoscope.losses import BinaryLoss, StructureRegularizedLoss
 from osteoscope.phantoms import avnfh_ct as avnfh_ct_phantom
-from osteoscope.tasks.avnfh_ct_attention import draw_attention, score_case, summarise, summary_markdown
+from osteoscope.tasks.avnfh_ct.attention import draw_attention, score_case, summarise, summary_markdown
 from osteoscope.tasks.base import (
     AugmentOptions,
     CasePredicate,
