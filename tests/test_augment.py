@@ -197,3 +197,41 @@ def test_settings_that_do_not_fit_the_data_are_refused():
         SpatialAugmentation().draw(np.random.default_rng(0), 4)
     with pytest.raises(ValueError):
         rotated(10.0)(np.zeros((2, 3, 4, 5), np.float32))  # a 2-D transform on a 4-D array
+
+
+def test_crop_samples_its_box_stretched_to_the_full_shape():
+    """The crop twin samples the box of ``side`` around the centre offset ``-translation * side`` over the
+    whole output, as cropping and resizing would (exact on a linear ramp, which trilinear sampling keeps)."""
+    n = 32
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float32)] * 3, indexing="ij")
+    ramp = (grids[0] + 2 * grids[1] + 3 * grids[2]).astype(np.float32)
+    crop = SpatialAugmentation(crop=0.625, crop_random_size=False, crop_p=1.0).draw_crop(np.random.default_rng(3), 3)
+    side = 1 / np.asarray(crop.scale)
+    assert np.allclose(side, 0.625)
+    start = (0.5 - side / 2 - np.asarray(crop.translation) * side) * n  # box start in voxels
+    positions = [start[a] + (np.arange(n) + 0.5) * side[a] - 0.5 for a in range(3)]  # align_corners=False
+    expected = positions[0][:, None, None] + 2 * positions[1][None, :, None] + 3 * positions[2][None, None, :]
+    inner = (slice(2, -2),) * 3  # the outermost samples may fall half a voxel outside and take the border
+    assert np.allclose(crop(ramp)[inner], expected[inner], atol=1e-3)
+
+
+def test_crop_and_affine_are_alternatives_and_flip_single_flips_one_axis():
+    """SRANet's loader: OneOf(crop, affine) half and half, then one random axis flipped with p 0.3."""
+    options = SpatialAugmentation(
+        flip_axes=(0, 1, 2), flip_p=0.3, flip_single=True, rotate_deg=45.0, rotate_planes=((0, 2),), crop=0.625
+    )
+    kinds, flips = [], []
+    for seed in range(400):
+        transforms = options.draw(np.random.default_rng(seed), 3)
+        flip = [t for t in transforms if isinstance(t, Flip)]
+        (affine,) = [t for t in transforms if isinstance(t, Affine)]
+        flips.append(len(flip[0].axes) if flip else 0)
+        is_crop = not any(affine.angles)
+        if is_crop:  # a zoom-in only: every side in [0.625, 1]
+            assert all(1.0 <= s <= 1.6 + 1e-6 for s in affine.scale)
+        else:
+            assert affine.angles[0] == affine.angles[2] == 0.0 and abs(affine.angles[1]) <= 45.0
+        kinds.append(is_crop)
+    assert 0.42 < np.mean(kinds) < 0.58
+    assert set(flips) == {0, 1}
+    assert 0.24 < np.mean(flips) < 0.36

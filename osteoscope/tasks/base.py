@@ -65,18 +65,32 @@ class AugmentOptions:
 
     Attributes:
         flip_axes: Spatial axes (0 = first spatial axis) that may be flipped.
-        flip_p: Probability of flipping each of them.
+        flip_p: Probability of flipping each of them (with ``flip_single``: of flipping one of them).
+        flip_single: Flip one of ``flip_axes`` at most, drawn at random.
         rotate_deg: Largest rotation, in degrees, either way.
+        rotate_planes: Planes of spatial axes that rotate, e.g. [[0, 2]]; None = every plane.
         scale: Largest zoom, as a fraction either way.
+        isotropic_scale: One zoom for all axes, or one per axis.
         translate: Largest shift, as a fraction of the size either way.
+        crop: Smallest side of a random crop resized back to the full size, as a fraction (0 = off).
+        crop_random_size: Each axis' crop side drawn from [crop, 1], or exactly ``crop``.
+        crop_p: Share of samples that get the crop instead of the rotation/zoom/shift.
         intensity: Strength of the random gamma, contrast, brightness and noise (0 = off).
+
+    See :class:`~osteoscope.data.augment.SpatialAugmentation` for the exact meaning of each.
     """
 
     flip_axes: tuple[int, ...] = ()
     flip_p: float = 0.5
+    flip_single: bool = False
     rotate_deg: float = 0.0
+    rotate_planes: tuple[tuple[int, int], ...] | None = None
     scale: float = 0.0
+    isotropic_scale: bool = True
     translate: float = 0.0
+    crop: float = 0.0
+    crop_random_size: bool = True
+    crop_p: float = 0.5
     intensity: float = 1.0
 
     def augmentation(self) -> Augmentation:
@@ -84,9 +98,15 @@ class AugmentOptions:
         spatial = SpatialAugmentation(
             flip_axes=self.flip_axes,
             flip_p=self.flip_p,
+            flip_single=self.flip_single,
             rotate_deg=self.rotate_deg,
+            rotate_planes=self.rotate_planes,
             scale=self.scale,
+            isotropic_scale=self.isotropic_scale,
             translate=self.translate,
+            crop=self.crop,
+            crop_random_size=self.crop_random_size,
+            crop_p=self.crop_p,
         )
         return Augmentation(spatial=spatial, intensity=self.intensity)
 

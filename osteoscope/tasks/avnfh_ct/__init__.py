@@ -5,9 +5,11 @@ Binary necrosis (ARCO I-IV vs 0, as SRANet's public data loader maps its labels)
 The sample is the CT cropped to the femoral-head ``box``, clipped to an HU window, resampled to isotropic
 voxels and padded to ``size`` (SRANet: 128^3), with its coarse bone ``mask``.
 
-Augmentation defaults follow SRANet's public loader where it is explicit: a random axis flip with p 0.3
-(here each axis flips with p 0.1, so about 0.27 of samples get at least one flip), rotation up to 45
-degrees, scale 0.1 and a shift of up to 32/128 of the box.
+Augmentation defaults follow SRANet's public loader (reference/model-specs.md 1.1): OneOf, half and half, a
+random crop of 80/128 of each axis (side drawn in [80, 128] per axis, MONAI's default of the time) resized
+back, or an affine (rotation up to 45 degrees about the second axis, i.e. in the (0, 2) plane; zoom 0.1 per
+axis; shift up to 32/128); then one random axis flipped with p 0.3. The loader has no intensity
+augmentation, so ``intensity`` is 0.
 """
 
 from __future__ import annotations
@@ -63,11 +65,17 @@ class Options(AugmentOptions):
     keep_aspect: bool = True
     mask_as_channel: bool = False
     flip_axes: tuple[int, ...] = (0, 1, 2)
-    flip_p: float = 0.1
+    flip_p: float = 0.3
+    flip_single: bool = True
     rotate_deg: float = 45.0
+    rotate_planes: tuple[tuple[int, int], ...] | None = ((0, 2),)
     scale: float = 0.1
+    isotropic_scale: bool = False
     translate: float = 0.25
-    intensity: float = 0.5
+    crop: float = 0.625
+    crop_random_size: bool = True
+    crop_p: float = 0.5
+    intensity: float = 0.0
 
     def __post_init__(self) -> None:
         if self.target not in ("necrosis", "stage"):
