@@ -23,7 +23,7 @@ from osteoscope.data.datasets import (
 )
 from osteoscope.data.manifest import Case, load_manifest
 from osteoscope.data.transforms import crop
-from osteoscope.errors import DataError
+from osteoscope.errors import ConfigError, DataError
 
 
 def png(path: Path, array: np.ndarray) -> str:
@@ -178,6 +178,21 @@ def test_volume_keeps_physical_aspect_and_pads(tmp_path: Path) -> None:
     s = stretched["mask"][0, 0].numpy()
     s_extents = [np.ptp(np.flatnonzero(s.any(axis=tuple(a for a in range(3) if a != k)))) + 1 for k in range(3)]
     assert max(s_extents) - min(s_extents) > 2
+
+
+def test_volume_is_z_scored_as_sranet_loads_it_or_robustly_normalised(tmp_path: Path) -> None:
+    """``zscore`` (default) gives the whole padded volume mean 0 and SD 1; ``robust`` maps its percentiles
+    to [-1, 1] instead, so the two differ."""
+    rng = np.random.default_rng(0)
+    volume = rng.normal(300.0, 200.0, size=(16, 16, 16)).astype(np.float32)
+    nib.save(nib.Nifti1Image(np.transpose(volume, (2, 1, 0)), np.diag([-1.0, -1.0, 2.0, 1.0])), tmp_path / "ct.nii.gz")
+    (tmp_path / "manifest.csv").write_text("case_id,patient_id,image,label\nc1,p1,ct.nii.gz,0\n")
+    image = batch_of(tmp_path, VolumeWithMask(size=(16, 16, 16)), n=1)["image"][0, 0].numpy()
+    assert abs(image.mean()) < 1e-4 and abs(image.std() - 1.0) < 1e-3
+    robust = batch_of(tmp_path, VolumeWithMask(size=(16, 16, 16), normalise="robust"), n=1)["image"][0, 0].numpy()
+    assert np.percentile(robust, 99.5) == pytest.approx(1.0, abs=1e-3) and abs(robust.std() - 1.0) > 0.1
+    with pytest.raises(ConfigError, match="zscore or robust"):
+        VolumeWithMask(normalise="minmax")
 
 
 def _blob_case(tmp_path: Path) -> Path:

@@ -39,8 +39,9 @@ from osteoscope.data.transforms import (
     jitter_box,
     resize,
     robust_normalise,
+    zscore,
 )
-from osteoscope.errors import DataError
+from osteoscope.errors import ConfigError, DataError
 
 T = TypeVar("T")
 Target = Callable[[Case], torch.Tensor]
@@ -295,15 +296,28 @@ class VolumeWithMask(MaskedImage):
     With ``keep_aspect`` (default) the crop is resampled to isotropic voxels, the longest physical side
     filling ``size``, and the rest padded, as the SRANet seed crops, resamples and pads the femoral-head box
     to 128^3; otherwise it is stretched to ``size``. Intensities are clipped to ``window`` (e.g. Hounsfield
-    units) before the normalisation; padding takes the lowest value. The mask is optional (see
-    :class:`MaskedImage`).
+    units) before the normalisation; padding takes the lowest value. ``normalise`` is ``zscore`` (default: the
+    whole padded volume to zero mean and unit SD, as SRANet's loader does) or ``robust`` (the 0.5..99.5th
+    percentiles to [-1, 1], as the 2-D builders). The mask is optional (see :class:`MaskedImage`).
     """
 
     size: tuple[int, int, int] = (128, 128, 128)
     window: tuple[float, float] | None = (-200.0, 1500.0)
     keep_aspect: bool = True
+    normalise: str = "zscore"
     image_column: str = "image"
     mask_column: str | None = "mask"
+
+    def __post_init__(self) -> None:
+        if self.normalise not in ("zscore", "robust"):
+            raise ConfigError(f"normalise must be zscore or robust, got {self.normalise!r}")
+
+    @property
+    def normalisation(self) -> str:
+        """What the intensities go through, for the checkpoint's preprocessing record."""
+        if self.normalise == "zscore":
+            return f"per case, clipped to {self.window} then a z-score over the whole padded volume"
+        return f"per case, clipped to {self.window} then the 0.5th..99.5th percentiles mapped to [-1, 1]"
 
     def fitted_shape(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
         """Shape of the isotropic resampling whose longest physical side fills ``size``."""
@@ -324,7 +338,8 @@ class VolumeWithMask(MaskedImage):
         shape = self.fitted_shape(volume.shape, image.spacing) if self.keep_aspect else self.size
         volume = resize(volume, shape)
         pad = [((s - n) // 2, s - n - (s - n) // 2) for s, n in zip(self.size, shape, strict=True)]
-        (volume,) = robust_normalise([np.pad(volume, pad, constant_values=volume.min())])
+        volume = np.pad(volume, pad, constant_values=volume.min())
+        volume = zscore(volume) if self.normalise == "zscore" else robust_normalise([volume])[0]
         if mask is None:
             return {"image": volume}
         return {"image": volume, "mask": np.pad(mask_to(mask, shape), pad)}

@@ -101,6 +101,13 @@ def robust_normalise(arrays: Sequence[np.ndarray], low: float = 0.5, high: float
     return [((a - lo) * scale - 1.0).astype(np.float32) for a in arrays]
 
 
+def zscore(array: np.ndarray) -> np.ndarray:
+    """Zero mean, unit standard deviation over the whole array (MONAI's ``NormalizeIntensity``, as SRANet's
+    loader applies it); a constant array becomes zeros."""
+    std = float(array.std())
+    return ((array - float(array.mean())) / (std if std > 1e-6 else 1.0)).astype(np.float32)
+
+
 def draw_intensity_params(rng: np.random.Generator, strength: float = 1.0) -> dict[str, float]:
     """Draw a random gamma, contrast, brightness and noise level (``strength`` 0 disables all)."""
     return {

@@ -282,12 +282,11 @@ class Task(ABC):
         training_only = ("target", "cache", "augmentation")
         settings = {f.name: getattr(builder, f.name) for f in fields(builder) if f.name not in training_only}
         defaults = robust_normalise.__defaults__
-        return {
-            "builder": type(builder).__name__,
-            "settings": settings,
-            "intensity": f"per case, the {defaults[0]}th..{defaults[1]}th percentiles mapped to [-1, 1] "
-            "(osteoscope.data.transforms.robust_normalise), after the builder's window where it has one",
-        }
+        intensity = getattr(builder, "normalisation", None) or (
+            f"per case, the {defaults[0]}th..{defaults[1]}th percentiles mapped to [-1, 1] "
+            "(osteoscope.data.transforms.robust_normalise)"
+        )
+        return {"builder": type(builder).__name__, "settings": settings, "intensity": intensity}
 
     def check_study(self, case: Case, profile: Mapping[str, Any] | None) -> list[str]:
         """Why a study given to ``predict`` does not look like the training inputs (empty when it does):

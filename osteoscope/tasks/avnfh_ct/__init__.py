@@ -3,7 +3,7 @@
 Binary necrosis (ARCO I-IV vs 0, as SRANet's public data loader maps its labels) by default;
 ``data.options.target: stage`` gives the 5-class ARCO 0-IV head instead, read from the ``stage`` column.
 The sample is the CT cropped to the femoral-head ``box``, clipped to an HU window, resampled to isotropic
-voxels and padded to ``size`` (SRANet: 128^3), with its coarse bone ``mask``.
+voxels, padded to ``size`` (SRANet: 128^3) and z-scored, with its coarse bone ``mask``.
 
 Augmentation defaults follow SRANet's public loader (reference/model-specs.md 1.1): OneOf, half and half, a
 random crop of 80/128 of each axis (side drawn in [80, 128] per axis, MONAI's default of the time) resized
@@ -55,6 +55,7 @@ class Options(AugmentOptions):
         size: Output (D, H, W) in voxels.
         window: HU range the volume is clipped to before normalisation (SRANet does not publish its own).
         keep_aspect: Resample to isotropic voxels and pad (True) or stretch to ``size``.
+        normalise: ``zscore`` over the padded box (SRANet's loader) or ``robust`` percentiles to [-1, 1].
         mask_as_channel: Append the bone mask to the image as a second channel, for models without a
             mask input.
     """
@@ -63,6 +64,7 @@ class Options(AugmentOptions):
     size: tuple[int, int, int] = (128, 128, 128)
     window: tuple[float, float] = (-200.0, 1500.0)
     keep_aspect: bool = True
+    normalise: str = "zscore"
     mask_as_channel: bool = False
     flip_axes: tuple[int, ...] = (0, 1, 2)
     flip_p: float = 0.3
@@ -153,6 +155,7 @@ class AvnfhCt(Task):
             size=o.size,
             window=o.window,
             keep_aspect=o.keep_aspect,
+            normalise=o.normalise,
             mask_as_channel=o.mask_as_channel,
             target=self.target,
             augmentation=o.augmentation() if train else None,
