@@ -254,6 +254,10 @@ def predict(
     localizer: Annotated[
         Path | None, typer.Option(help="onfh-xray: head-localiser weights (default RUN/localizer.pt).")
     ] = None,
+    series: Annotated[
+        list[str] | None,
+        typer.Option(help="The SeriesInstanceUID to read from a DICOM folder with several: UID, or NAME=UID."),
+    ] = None,
     ood: Annotated[
         str,
         typer.Option(
@@ -279,6 +283,7 @@ def predict(
         masks=_named(mask, "--mask"),
         boxes=boxes,
         files={"localizer": localizer} if localizer else {},
+        series=_named(series, "--series"),
         ood=ood,
     )
     typer.echo(jsonio.dumps(results, indent=2))

@@ -20,6 +20,7 @@ from osteoscope.data.datasets import (
     MultiProtocol,
     SingleImage,
     VolumeWithMask,
+    read_case_image,
 )
 from osteoscope.data.manifest import Case, load_manifest
 from osteoscope.data.transforms import crop
@@ -291,3 +292,38 @@ def test_cache_decodes_each_case_once_and_says_when_full(tmp_path: Path) -> None
         [dataset[i] for i in range(len(cases))]
     assert len(small) == 3 and small.nbytes <= small.max_bytes
     assert len(messages) == 1 and "cache full" in messages[0]
+
+
+def test_ct_series_is_chosen_by_series_uid_and_cropped_by_a_box_in_mm(tmp_path: Path) -> None:
+    """A DICOM folder holding two series is read by the manifest's ``series_uid`` (without it: an error listing
+    both), and ``box_mm`` in patient mm crops what the same ``box`` in voxels crops."""
+    import pydicom
+
+    from osteoscope.data.readers import read_image
+    from osteoscope.phantoms.avnfh_ct import generate
+
+    manifest = load_manifest(generate(tmp_path / "ct", n=1, seed=2, fmt="dicom"))
+    case = manifest.cases[0]
+    folder = case.images["image"]
+    for file in sorted(folder.iterdir()):  # a second series in the same folder: the same slices, brighter
+        ds = pydicom.dcmread(file)
+        first_uid = ds.SeriesInstanceUID
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.826.0.1.3680043.99.7", pydicom.uid.generate_uid()
+        ds.PixelData = (ds.pixel_array + 100).astype(ds.pixel_array.dtype).tobytes()
+        ds.save_as(folder / f"{file.name}-bright")
+    builder = VolumeWithMask(size=(16, 16, 16), mask_column=None)
+    with pytest.raises(DataError, match=r"2 DICOM series.*99\.7"):
+        builder(case, None)
+    geometry = np.asarray(read_image(folder, series=first_uid).meta["index_to_lps"])
+    x0, y0, z0, x1, y1, z1 = case.boxes["box"]
+    a, b = geometry @ [z0, y0, x0, 1], geometry @ [z1 - 1, y1 - 1, x1 - 1, 1]
+    in_mm = tuple(round(v) for v in (*np.minimum(a, b)[:3], *np.maximum(a, b)[:3]))
+
+    def with_(boxes: dict, uid: str) -> Case:
+        return Case(case.case_id, case.patient_id, case.images, boxes=boxes, extra={"series_uid": uid})
+
+    by_voxels = builder(with_({"box": case.boxes["box"]}, first_uid), None)["image"]
+    by_mm = builder(with_({"box_mm": in_mm}, first_uid), None)["image"]
+    assert torch.corrcoef(torch.stack([by_voxels.ravel(), by_mm.ravel()]))[0, 1] > 0.95  # 1 mm rounding
+    first, bright = (read_case_image(with_({}, uid), "image").array for uid in (first_uid, "1.2.826.0.1.3680043.99.7"))
+    assert np.allclose(bright - first, 100.0)

@@ -142,7 +142,7 @@ def test_profile_tolerances(tmp_path: Path) -> None:
         PILImage.fromarray(values.astype(np.uint16)).save(tmp_path / name)
         return tmp_path / name
 
-    profile = input_profile([("image", png("a.png", 100, 130)), ("image", png("b.png", 110, 140))])
+    profile = input_profile([("image", png("a.png", 100, 130), None), ("image", png("b.png", 110, 140), None)])
     assert profile["columns"]["image"]["n"] == 2
     assert profile_problems("image", read_image(png("c.png", 105, 135)), profile) == []
     assert profile_problems("image", read_image(png("d.png", 190, 250)), profile) == []  # within a factor 2

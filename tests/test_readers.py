@@ -17,7 +17,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_voi_lut, get_decoder
 from pydicom.uid import MPEG2MPML, JPEG2000Lossless
 
-from osteoscope.data.readers import Image, box_to_decoded, box_to_file, read_image
+from osteoscope.data.readers import Image, box_mm_to_voxels, box_to_decoded, box_to_file, read_image
 from osteoscope.errors import DataError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -180,6 +180,50 @@ def test_series_folder_ignores_junk_and_rejects_two_series(tmp_path: Path, caplo
     assert read_image(folder, series="1.2.826.0.1.3680043.99.1").array.shape == (1, 512, 512)
     with pytest.raises(DataError, match=r"'9\.9' is not in the folder.*1\.2\.826\.0\.1\.3680043\.99\.1"):
         read_image(folder, series="9.9")
+
+
+@pytest.mark.realdata
+def test_a_missing_slice_is_interpolated_with_a_warning_and_a_wide_gap_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real 2 mm series without slice 6 is resampled to 20 regular slices (slice 6 between its neighbours);
+    without slices 6-10 (a 12 mm gap) it is refused rather than invented."""
+    full = read_image(shared(CT_SERIES))
+    files = sorted(CT_SERIES.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    one_gap, wide_gap = tmp_path / "one", tmp_path / "wide"
+    for folder, dropped in ((one_gap, {6}), (wide_gap, {6, 7, 8, 9, 10})):
+        folder.mkdir()
+        for index, file in enumerate(files):
+            if index not in dropped:
+                shutil.copy(file, folder / file.name)
+    with caplog.at_level("WARNING", logger="osteoscope.data.readers"):
+        resampled = read_image(one_gap)
+    assert "uneven slice spacing" in caplog.text and resampled.meta["resampled_to_regular_slices"]
+    assert resampled.array.shape == full.array.shape and resampled.spacing == full.spacing
+    np.testing.assert_allclose(resampled.array[6], (full.array[5] + full.array[7]) / 2, atol=1e-3)
+    np.testing.assert_array_equal(resampled.array[7], full.array[7])
+    with pytest.raises(DataError, match=r"slices missing: a gap of 12\.00 mm"):
+        read_image(wide_gap)
+
+
+@pytest.mark.realdata
+def test_series_geometry_maps_voxels_to_each_slice_position_and_mm_boxes_back() -> None:
+    """``index_to_lps`` puts voxel (k, 0, 0) at slice k's ImagePositionPatient, and a box given in mm (a voxel
+    box's corner centres) comes back as that voxel box."""
+    volume = read_image(shared(CT_SERIES))
+    geometry = np.asarray(volume.meta["index_to_lps"])
+    positions = sorted(
+        (list(map(float, pydicom.dcmread(f).ImagePositionPatient)) for f in CT_SERIES.iterdir()), key=lambda p: p[2]
+    )
+    for k in (0, 7, 19):
+        np.testing.assert_allclose(geometry @ [k, 0, 0, 1], [*positions[k], 1], atol=1e-3)
+    box = (100, 120, 3, 300, 260, 15)  # x0 y0 z0 x1 y1 z1, end exclusive
+    first = geometry @ [box[2], box[1], box[0], 1]
+    last = geometry @ [box[5] - 1, box[4] - 1, box[3] - 1, 1]
+    mm = (*np.minimum(first, last)[:3], *np.maximum(first, last)[:3])
+    assert box_mm_to_voxels(mm, volume) == box
+    with pytest.raises(DataError, match="outside the volume"):
+        box_mm_to_voxels((900, 900, 900, 950, 950, 950), volume)
 
 
 @pytest.mark.realdata
@@ -461,3 +505,19 @@ def test_jpeg_baseline_dicom_decodes_at_a_reduced_scale(tmp_path: Path, monkeypa
         h, w = reference.shape
         assert np.abs(reference - image.array[:h, :w]).mean() < 0.02 * np.ptp(full.array), file.name
         assert np.corrcoef(reference.ravel(), image.array[:h, :w].ravel())[0, 1] > 0.98, file.name
+
+
+def test_nifti_and_dicom_of_one_phantom_ct_share_their_patient_geometry(tmp_path: Path) -> None:
+    """The CT phantom written as NIfTI and as a DICOM series (same voxels and geometry) gives one
+    ``index_to_lps``, so a box in mm finds the same voxels in either file."""
+    from osteoscope.phantoms.avnfh_ct import generate
+
+    nifti = read_image(next((generate(tmp_path / "nii", n=1, seed=4).parent / "images").iterdir()))
+    series_root = generate(tmp_path / "dcm", n=1, seed=4, fmt="dicom").parent / "images"
+    dicom = read_image(next(p for p in series_root.iterdir() if p.is_dir()))
+    np.testing.assert_array_equal(nifti.array, dicom.array)
+    np.testing.assert_allclose(nifti.meta["index_to_lps"], dicom.meta["index_to_lps"], atol=1e-3)
+    geometry = np.asarray(nifti.meta["index_to_lps"])
+    centre = geometry @ [*(np.array(nifti.array.shape) / 2), 1]
+    mm = (*(centre[:3] - 10), *(centre[:3] + 10))
+    assert box_mm_to_voxels(mm, nifti) == box_mm_to_voxels(mm, dicom)

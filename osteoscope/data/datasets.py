@@ -30,7 +30,7 @@ from osteoscope.data.augment import SpatialAugmentation, apply_transforms
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.fingerprints import record
 from osteoscope.data.manifest import Box, Case, nearest_name
-from osteoscope.data.readers import Image, box_to_decoded, check_image, file_shape, read_image
+from osteoscope.data.readers import Image, box_mm_to_voxels, box_to_decoded, check_image, file_shape, read_image
 from osteoscope.data.transforms import (
     apply_intensity,
     box_problem,
@@ -81,7 +81,7 @@ def read_case_image(case: Case, column: str, ndim: int | None = None) -> Image:
     path = case.images.get(column) or case.masks.get(column)
     if path is None:
         raise DataError(f"no file in column {column}", case_id=case.case_id)
-    image = read_image(path)
+    image = read_image(path, series=case.series_of(column) if column in case.images else None)
     if column not in case.images:
         return image
     check_image(image, ndim=ndim)
@@ -291,7 +291,8 @@ class SingleImage(MaskedImage):
 
 @dataclass(kw_only=True)
 class VolumeWithMask(MaskedImage):
-    """A 3-D volume (cropped to ``box`` when given) and its mask, brought to ``size`` (D, H, W).
+    """A 3-D volume (cropped to ``box`` in voxels, or else to ``box_mm`` in patient LPS mm, when given) and its
+    mask, brought to ``size`` (D, H, W).
 
     With ``keep_aspect`` (default) the crop is resampled to isotropic voxels, the longest physical side
     filling ``size``, and the rest padded, as the SRANet seed crops, resamples and pads the femoral-head box
@@ -306,6 +307,7 @@ class VolumeWithMask(MaskedImage):
     keep_aspect: bool = True
     normalise: str = "zscore"
     image_column: str = "image"
+    box_mm_column: str = "box_mm"
     mask_column: str | None = "mask"
 
     def __post_init__(self) -> None:
@@ -330,6 +332,8 @@ class VolumeWithMask(MaskedImage):
         volume = image.array.astype(np.float32, copy=False)
         mask = self.read_mask(case, volume.shape)
         box = case_box(case, "box", volume.shape, self.image_column)
+        if box is None and case.boxes.get(self.box_mm_column) is not None:
+            box = box_mm_to_voxels(case.boxes[self.box_mm_column], image)
         if box is not None:
             volume = crop(volume, box)
             mask = None if mask is None else crop(mask, box)

@@ -40,6 +40,11 @@ class Case:
     split: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
+    def series_of(self, column: str) -> str | None:
+        """The SeriesInstanceUID to read from the DICOM folder in image ``column``, from the manifest column
+        :func:`series_column` names (None: the folder must hold one series)."""
+        return self.extra.get(series_column(column)) or None
+
     def files(self) -> list[tuple[str, Path]]:
         """All (column, path) pairs of files this case names, images first."""
         named = {**self.images, **self.masks}
@@ -76,6 +81,12 @@ class Manifest:
         drop = {b.case_id for b in bad}
         kept = [case for case in self.cases if case.case_id not in drop]
         return Manifest(self.path, kept, self.columns, [*self.skipped, *bad])
+
+
+def series_column(image_column: str) -> str:
+    """The manifest column choosing the DICOM series of an image column: ``image`` -> ``series_uid``,
+    ``image_t1`` -> ``series_uid_t1``."""
+    return "series_uid" + image_column.removeprefix("image")
 
 
 def manifest_path(path: str | Path) -> Path:

@@ -55,12 +55,12 @@ def dicom_tags(image: Image) -> dict[str, str]:
     return {key: str(value).strip().upper() for key, value in tags.items() if value and str(value).strip()}
 
 
-def input_profile(files: Iterable[tuple[str, Path]]) -> dict[str, Any]:
-    """The profile of training inputs from ``(column, file)`` pairs: per column, the range of each feature
-    and the DICOM Modality and BodyPartExamined values seen."""
+def input_profile(files: Iterable[tuple[str, Path, str | None]]) -> dict[str, Any]:
+    """The profile of training inputs from ``(column, file, series UID or None)``: per column, the range of
+    each feature and the DICOM Modality and BodyPartExamined values seen."""
     columns: dict[str, dict[str, Any]] = {}
-    for column, path in files:
-        image = read_image(path)
+    for column, path, series in files:
+        image = read_image(path, series=series)
         entry = columns.setdefault(column, {"n": 0, "features": {}, "modality": set(), "body_part": set()})
         entry["n"] += 1
         for name, value in image_features(image).items():

@@ -87,6 +87,9 @@ MAX_VOXELS = 2**29
 MIN_SIDE = 8
 #: Reductions a reduced-scale decode chooses from (those of JPEG's DCT scaling), finest first.
 DECODE_SCALES = (1, 2, 4, 8)
+#: A DICOM series whose largest gap between slice positions exceeds this many times the median gap (missing
+#: slices) is refused: interpolating across it would invent anatomy. Smaller unevenness is resampled.
+MAX_SLICE_GAP = 3.0
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -451,11 +454,13 @@ def _read_nifti(path: Path) -> Image:
         raise DataError(f"cannot read the NIfTI file: {exc}", path=path) from exc
 
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    ras_to_lps, ijk_to_zyx = np.diag([-1.0, -1.0, 1.0, 1.0]), np.eye(4)[[2, 1, 0, 3]]
     meta = {
         "format": "nifti",
         "path": str(path),
         "orientation": "LPS",
         "affine": img.affine.tolist(),
+        "index_to_lps": (ras_to_lps @ img.affine @ ijk_to_zyx).tolist(),
         "to_grey": False,
         "inverted": False,
         "value_range": None,
@@ -758,6 +763,10 @@ def _read_dicom_series(folder: Path, voi: bool | None, uid: str | None = None) -
             raise DataError(f"slice shape {values.shape} differs from {planes[0].shape}", path=file)
         planes.append(values)
 
+    volume = np.stack(planes)
+    uneven = bool(gaps.size and np.ptp(gaps) > 0.01 * dz)
+    if uneven:
+        volume = _regular_slices(volume, sorted_pos, dz, folder)
     in_plane = _pixel_spacing(first)
     slice_meta.update(
         format="dicom-series",
@@ -765,10 +774,75 @@ def _read_dicom_series(folder: Path, voi: bool | None, uid: str | None = None) -
         files=len(planes),
         series_uid=next(iter(series)) or None,
         sorted_by="position" if positions is not None else "instance number",
-        uneven_slice_spacing=bool(gaps.size and np.ptp(gaps) > 0.01 * dz),
+        uneven_slice_spacing=uneven,
+        resampled_to_regular_slices=uneven,
         spacing_known=in_plane is not None and positions is not None,
     )
-    return Image(np.stack(planes), (dz, *(in_plane or (1.0, 1.0))), slice_meta)
+    if in_plane is not None and positions is not None:
+        slice_meta["index_to_lps"] = _series_geometry(first, dz, in_plane).tolist()
+    return Image(volume, (dz, *(in_plane or (1.0, 1.0))), slice_meta)
+
+
+def _regular_slices(volume: np.ndarray, positions: np.ndarray, dz: float, folder: Path) -> np.ndarray:
+    """Slices at uneven ``positions`` (sorted, mm) linearly interpolated onto a regular grid of the median
+    gap ``dz`` from the first position, with a warning; a gap over :data:`MAX_SLICE_GAP` times ``dz`` (missing
+    slices) is an error instead."""
+    gaps = np.diff(positions)
+    widest = int(np.argmax(gaps))
+    if gaps[widest] > MAX_SLICE_GAP * dz:
+        raise DataError(
+            f"slices missing: a gap of {gaps[widest]:.2f} mm between slice positions {positions[widest]:.2f} and "
+            f"{positions[widest + 1]:.2f} mm, {gaps[widest] / dz:.1f} times the usual {dz:.2f} mm",
+            path=folder,
+        )
+    grid = positions[0] + dz * np.arange(round((positions[-1] - positions[0]) / dz) + 1)
+    upper = np.clip(np.searchsorted(positions, grid, side="right"), 1, len(positions) - 1)
+    weight = np.clip((grid - positions[upper - 1]) / (positions[upper] - positions[upper - 1]), 0.0, 1.0)
+    _LOG.warning(
+        "%s: uneven slice spacing (gaps %.2f..%.2f mm); %d slices resampled to %d at a regular %.2f mm "
+        "by linear interpolation",
+        folder,
+        gaps.min(),
+        gaps.max(),
+        len(positions),
+        len(grid),
+        dz,
+    )
+    w = weight[:, None, None].astype(np.float32)
+    return (volume[upper - 1] * (1 - w) + volume[upper] * w).astype(np.float32)
+
+
+def _series_geometry(first: Dataset, dz: float, in_plane: tuple[float, float]) -> np.ndarray:
+    """The 4x4 map from array index (z, y, x) to patient LPS mm of a sorted series (first slice at z 0)."""
+    orientation = np.asarray(first.ImageOrientationPatient, float)
+    row_dir, col_dir = orientation[:3], orientation[3:]  # along a row (x index), down a column (y index)
+    geometry = np.eye(4)
+    geometry[:3, 0] = np.cross(row_dir, col_dir) * dz
+    geometry[:3, 1] = col_dir * in_plane[0]
+    geometry[:3, 2] = row_dir * in_plane[1]
+    geometry[:3, 3] = np.asarray(first.ImagePositionPatient, float)
+    return geometry
+
+
+def box_mm_to_voxels(box_mm: Sequence[float], image: Image) -> tuple[int, ...]:
+    """A ``x0 y0 z0 x1 y1 z1`` box in patient LPS mm as the voxel box (same order, end exclusive) that covers
+    it in a 3-D image from a NIfTI file or a DICOM series with its geometry, clipped to the volume."""
+    geometry = image.meta.get("index_to_lps")
+    if geometry is None or image.array.ndim != 3 or len(box_mm) != 6:
+        raise DataError(
+            "a box in mm needs a 3-D image whose file gives its patient geometry (NIfTI, or a DICOM series with "
+            "ImagePositionPatient and ImageOrientationPatient) and 6 numbers",
+            path=image.meta.get("path"),
+        )
+    lo, hi = np.asarray(box_mm[:3], float), np.asarray(box_mm[3:], float)
+    corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+    to_index = np.linalg.inv(np.asarray(geometry, float))
+    zyx = (to_index[:3, :3] @ corners.T).T + to_index[:3, 3]
+    start = np.clip(np.floor(zyx.min(axis=0) + 0.5), 0, None).astype(int)
+    stop = np.minimum(np.ceil(zyx.max(axis=0) + 0.5).astype(int), image.array.shape)
+    if np.any(stop <= start):
+        raise DataError(f"the box {list(box_mm)} mm lies outside the volume", path=image.meta.get("path"))
+    return int(start[2]), int(start[1]), int(start[0]), int(stop[2]), int(stop[1]), int(stop[0])
 
 
 def _slice_positions(datasets: list[Dataset]) -> np.ndarray | None:

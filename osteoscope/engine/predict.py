@@ -102,6 +102,7 @@ def predict_images(
     masks: Mapping[str, str | Path] | None = None,
     boxes: Mapping[str, Box] | None = None,
     files: Mapping[str, str | Path] | None = None,
+    series: Mapping[str, str] | None = None,
     ood: str = "refuse",
 ) -> list[dict[str, Any]]:
     """Predict each image of ``images`` as a study of its own, and ``named`` images as one study.
@@ -114,6 +115,8 @@ def predict_images(
         boxes: Boxes by name (``""`` for ``box``, ``left``/``right`` for the femoral heads), applied to
             every study.
         files: Auxiliary files by name, e.g. ``localizer`` for onfh-xray's head localiser.
+        series: SeriesInstanceUID by image name (``""`` for the single image) for DICOM folders holding
+            several series.
         ood: ``refuse`` (default) or ``flag`` a study that fails the out-of-distribution guard.
 
     Returns:
@@ -124,6 +127,7 @@ def predict_images(
         "masks": {k: Path(v) for k, v in (masks or {}).items()},
         "boxes": dict(boxes or {}),
         "files": {k: Path(v) for k, v in (files or {}).items()},
+        "series": dict(series or {}),
     }
     studies = [StudyInputs(images={"": Path(image)}, **common) for image in images]
     if named:

@@ -282,7 +282,10 @@ def run_record(task: Task, data: dict[str, str], train_cases: Sequence[Case]) ->
     """
     head = task.head
     files = [
-        (column, path) for case in evenly_spaced(list(train_cases)) for column, path in case.images.items() if path
+        (column, path, case.series_of(column))
+        for case in evenly_spaced(list(train_cases))
+        for column, path in case.images.items()
+        if path
     ]
     return {
         "task": {

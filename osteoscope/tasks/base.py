@@ -23,7 +23,7 @@ from osteoscope.config import parse_options
 from osteoscope.data.augment import SpatialAugmentation
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import Augmentation, SampleBuilder
-from osteoscope.data.manifest import ENGINE_COLUMNS, Box, Case
+from osteoscope.data.manifest import ENGINE_COLUMNS, Box, Case, series_column
 from osteoscope.data.profile import profile_problems
 from osteoscope.data.readers import read_image
 from osteoscope.data.splits import default_stratum
@@ -135,7 +135,8 @@ class MapEvaluation:
 
 @dataclass(frozen=True)
 class StudyInputs:
-    """A raw study given to ``predict``: files by name (``--image T1=a.dcm``), masks, boxes, aux files.
+    """A raw study given to ``predict``: files by name (``--image T1=a.dcm``), masks, boxes, aux files, and
+    the SeriesInstanceUID to read from a DICOM folder holding several (``--series``, keyed like the images).
 
     Keys are as typed on the command line; :meth:`Task.study_case` maps them onto manifest columns.
     """
@@ -144,6 +145,7 @@ class StudyInputs:
     masks: Mapping[str, Path]
     boxes: Mapping[str, Box]
     files: Mapping[str, Path]
+    series: Mapping[str, str] = field(default_factory=dict)
 
 
 class Task(ABC):
@@ -265,8 +267,19 @@ class Task(ABC):
         images = {column_name("image", key): Path(path) for key, path in inputs.images.items()}
         masks = {column_name("mask", key): Path(path) for key, path in inputs.masks.items()}
         boxes = {column_name("box", key): box for key, box in inputs.boxes.items()}
+        series = {series_column(column_name("image", key)): uid for key, uid in inputs.series.items()}
+        unknown = sorted(set(series) - {series_column(column) for column in images})
+        if unknown:
+            raise DataError(f"--series given for {', '.join(unknown)} but no image of that name")
         first = next(iter(images.values()), None)
-        case = Case(case_id=first.name if first else "study", patient_id="", images=images, masks=masks, boxes=boxes)
+        case = Case(
+            case_id=first.name if first else "study",
+            patient_id="",
+            images=images,
+            masks=masks,
+            boxes=boxes,
+            extra=series,
+        )
         for column in self.schema.required:
             if column not in images and column not in masks:
                 raise DataError(f"{self} needs the input {column!r}: {input_hint(column)}")
@@ -297,7 +310,7 @@ class Task(ABC):
         for column, path in case.images.items():
             if path is not None:
                 modalities, body_parts = self.dicom_expectations(column)
-                image = read_image(path)
+                image = read_image(path, series=case.series_of(column))
                 problems += profile_problems(column, image, profile or {}, modalities=modalities, body_parts=body_parts)
         return problems
 

@@ -2,8 +2,9 @@
 
 Binary necrosis (ARCO I-IV vs 0, as SRANet's public data loader maps its labels) by default;
 ``data.options.target: stage`` gives the 5-class ARCO 0-IV head instead, read from the ``stage`` column.
-The sample is the CT cropped to the femoral-head ``box``, clipped to an HU window, resampled to isotropic
-voxels, padded to ``size`` (SRANet: 128^3) and z-scored, with its coarse bone ``mask``.
+The sample is the CT (a NIfTI file, or a DICOM series folder with ``series_uid`` choosing among several)
+cropped to the femoral-head ``box`` (voxels; or ``box_mm`` in patient LPS mm), clipped to an HU window,
+resampled to isotropic voxels, padded to ``size`` (SRANet: 128^3) and z-scored, with its coarse bone ``mask``.
 
 Augmentation defaults follow SRANet's public loader (reference/model-specs.md 1.1): OneOf, half and half, a
 random crop of 80/128 of each axis (side drawn in [80, 128] per axis, MONAI's default of the time) resized
@@ -122,7 +123,7 @@ class AvnfhCt(Task):
 
     @property
     def schema(self) -> Schema:
-        optional = ("box", "mask", "stage")
+        optional = ("box", "box_mm", "series_uid", "mask", "stage")
         if self.options.target == "stage":
             return Schema(required=("image",), optional=optional)
         return Schema(labels=("label",), label_values={"label": (0, 1)}, required=("image",), optional=optional)
