@@ -196,7 +196,7 @@ def _morph(operation: Callable[..., np.ndarray], mask: np.ndarray, structure: np
 class MaskRun:
     """What :func:`write_bone_masks` did: the manifest it updated, the case ids whose mask it wrote, kept
     (an existing mask, without ``overwrite``) or skipped (``skip_bad``, with the reason), and the mean volume
-    of the written masks in mL (None when none was written)."""
+    in mL of the masks it computed, a mask shared by cases of one image counted once (None: none computed)."""
 
     manifest: Path
     written: list[str]
