@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 localizer_app = typer.Typer(no_args_is_help=True, help="Femoral-head localiser: train it on manifest boxes.")
 app.add_typer(localizer_app, name="localizer")
+masks_app = typer.Typer(no_args_is_help=True, help="Coarse masks computed from the images, written into the manifest.")
+app.add_typer(masks_app, name="masks")
 
 
 @app.command()
@@ -304,6 +306,45 @@ def localizer_train(
     setup_logging()
     train_localizer_on_manifest(data, out, epochs=epochs, seed=seed, held_out_fraction=held_out)
     typer.echo(f"wrote {out}")
+
+
+@masks_app.command("ct")
+def masks_ct(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (or its manifest.csv) of CT volumes.")],
+    overwrite: Annotated[bool, typer.Option(help="Recompute masks the manifest already names.")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="Skip and list unreadable cases instead of stopping.")] = False,
+    bone_hu: Annotated[
+        tuple[float, float] | None,
+        typer.Option(help="Range (HU) the adaptive bone threshold is clamped into; equal ends fix it."),
+    ] = None,
+    grow_hu: Annotated[float | None, typer.Option(help="HU from which voxels connected to the bone join it.")] = None,
+    metal_hu: Annotated[
+        float | None, typer.Option(help="HU from which a voxel is metal, kept out of the mask with a margin.")
+    ] = None,
+) -> None:
+    """Write SRANet's coarse bone mask of every CT to masks/<case_id>_bone.nii.gz and fill the mask column."""
+    from rich.progress import Progress
+
+    from osteoscope.tasks.avnfh_ct.masks import BoneMaskParams, write_bone_masks
+
+    given = {"bone_hu": bone_hu, "grow_hu": grow_hu, "metal_hu": metal_hu}
+    params = BoneMaskParams(**{name: value for name, value in given.items() if value is not None})
+    with Progress(transient=True) as bar:
+        job = bar.add_task("bone masks", total=None)
+        run = write_bone_masks(
+            dataset,
+            params,
+            overwrite=overwrite,
+            skip_bad=skip_bad,
+            progress=lambda i, total: bar.update(job, completed=i, total=total),
+        )
+    for case in run.skipped:
+        typer.echo(f"skipped: {case.reason}", err=True)
+    volume = "n/a" if run.mean_volume_ml is None else f"{run.mean_volume_ml:.1f} mL"
+    typer.echo(
+        f"bone masks: {len(run.written)} written, {len(run.kept)} kept, {len(run.skipped)} skipped; "
+        f"mean mask volume {volume}: {run.manifest}"
+    )
 
 
 @app.command()

@@ -29,6 +29,7 @@ def run_cli(*args: str, script: str = MAIN) -> subprocess.CompletedProcess:
         (["train", "--epochs", "two"], "Invalid value for '--epochs'", "osteoscope train"),
         (["kfold", "--k", "1.5"], "Invalid value for '--k'", "osteoscope kfold"),
         (["localizer", "train", "--out", "x.pt"], "Missing option '--data'", "osteoscope localizer train"),
+        (["masks", "ct"], "Missing argument 'dataset'", "osteoscope masks ct"),
         (["evaluate", "a", "b"], "unexpected extra argument", "osteoscope evaluate"),
     ],
 )

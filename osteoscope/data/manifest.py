@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,11 +225,7 @@ def load_manifest(
     """
     path = manifest_path(path)
     label_values = label_values or {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        reader.fieldnames = columns
-        rows = list(reader)
+    columns, rows = read_rows(path)
     missing = [c for c in (*REQUIRED_COLUMNS, *required_labels, *required_columns) if c not in columns]
     if not any(c == "image" or c.startswith("image_") for c in columns):
         missing.append("image (or image_<key>)")
@@ -265,14 +262,27 @@ def load_manifest(
     return Manifest(path, cases, columns, skipped)
 
 
+def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header (names stripped) and raw rows of a manifest file, unvalidated: for tools that rewrite a
+    manifest and must keep every row and column as it was."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = columns
+        return columns, list(reader)
+
+
 def write_manifest(path: str | Path, rows: Sequence[dict[str, object]], columns: Sequence[str]) -> Path:
-    """Write manifest rows (values as given; ``None`` becomes an empty cell) to ``path``."""
+    """Write manifest rows (values as given; ``None`` becomes an empty cell) to ``path``, atomically (a
+    temporary file beside it, then a rename), so a crash mid-write never leaves a truncated manifest."""
     path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
+    os.replace(temp, path)
     return path
 
 

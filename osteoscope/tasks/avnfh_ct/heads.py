@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from osteoscope.errors import DataError
+from osteoscope.tasks.avnfh_ct.masks import fill_planes
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def find_heads(volume: np.ndarray, spacing: Sequence[float], finder: HeadFinder 
     sp = np.asarray(spacing, dtype=float)
     metal = volume >= finder.metal_hu
     bone = (volume >= finder.bone_hu) & ~metal
-    thickness = ndimage.distance_transform_edt(_fill_planes(bone), sampling=sp)
+    thickness = ndimage.distance_transform_edt(fill_planes(bone, sp), sampling=sp)
     peaks = [(c, r) for c, r in _peaks(thickness, sp, finder) if _roofed(bone, c, r, sp, finder.roof_mm)]
     if not peaks:
         raise DataError(
@@ -139,16 +140,6 @@ def _roofed(bone: np.ndarray, centre: np.ndarray, radius: float, spacing: np.nda
     first = z + int(np.ceil((radius + 1.0) / spacing[0]))
     last = z + int(np.ceil((radius + roof_mm) / spacing[0]))
     return bool(bone[first : last + 1, y, x].any())
-
-
-def _fill_planes(mask: np.ndarray) -> np.ndarray:
-    """Holes filled in every axial, coronal and sagittal plane: a head's cortex is a closed ring in most
-    planes through it even where the 3-D shell opens into the neck and the marrow of the shaft."""
-    filled = mask.copy()
-    for axis in range(3):
-        planes = np.moveaxis(mask, axis, 0)
-        filled |= np.moveaxis(np.stack([ndimage.binary_fill_holes(p) for p in planes]), 0, axis)
-    return filled
 
 
 def _ball_mask(shape: Sequence[int], centre: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
