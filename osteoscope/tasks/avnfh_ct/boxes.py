@@ -4,9 +4,10 @@ the boxes a dataset already has (``osteoscope boxes ct``).
 A manifest row is one femoral head. Which head a row wants: its ``side`` column (right/left) when given,
 else ``--side``; a volume showing one head needs neither. Two heads found and no side is an error, except
 with ``side="both"``, which splits an unlabelled row into two rows (``<case_id>_r``, ``<case_id>_l``) of the
-same image. A head with metal near it (an implant, a screw) still gets its box, flagged in the log and in
-the ``box_note`` column, whose cell every automatic box fills (``auto ...``), so automatic and hand-drawn
-boxes stay apart. Every other column and row is kept as it was; the manifest is replaced atomically.
+same image. Every automatic box also fills the row's ``auto_box`` cell (side, radius and cup cover of the
+head), so automatic and hand-drawn boxes stay apart. A head with metal near it (an implant, a screw) still
+gets its box, flagged in the log and in that cell. Every other column and row is kept as it was; the
+manifest is replaced atomically.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from osteoscope.errors import ConfigError, DataError
 from osteoscope.tasks.avnfh_ct.heads import FoundHead, HeadFinder, find_heads
 
 SIDE_CHOICES = ("right", "left", "both")
-NOTE_COLUMN = "box_note"
+AUTO_COLUMN = "auto_box"  # not box_...: the manifest reads every box_<name> column as a box
 _SUFFIX = {"right": "_r", "left": "_l"}
 
 
@@ -86,7 +87,7 @@ def fill_boxes(
     taken = sorted(c for c, k in Counter(r["case_id"] for r in out_rows).items() if k > 1)
     if taken:
         raise DataError(f"--side both would repeat case id(s) {', '.join(taken)}: rename them first", path=path)
-    wanted = [*columns, *(c for c in ("box", NOTE_COLUMN) if c not in columns)]
+    wanted = [*columns, *(c for c in ("box", AUTO_COLUMN) if c not in columns)]
     tmp = path.with_name(f".{path.name}.tmp")
     write_manifest(tmp, out_rows, wanted)
     os.replace(tmp, path)
@@ -228,9 +229,8 @@ def _box_rows(
 
 
 def _cells(head: FoundHead) -> dict[str, str]:
-    """The ``box`` and ``box_note`` cells of an automatic box."""
-    note = f"auto: {_describe(head)}"
-    return {"box": format_box(head.box), NOTE_COLUMN: note}
+    """The ``box`` and ``auto_box`` cells of an automatic box."""
+    return {"box": format_box(head.box), AUTO_COLUMN: _describe(head)}
 
 
 def _describe(head: FoundHead) -> str:
