@@ -13,7 +13,9 @@ were drawn by hand). Classical, no training, so it does not depend on a phantom 
    do the femoral shaft and the thick parts of the ilium, which have no ball nested under them;
 3. the two heads are the pair of peaks (``radius_mm`` each, not on the volume's border) that sit side by side:
    ``pair_mm`` apart left-right, within ``offset_mm`` in height and depth, radii within ``radius_ratio``, the
-   pair with the largest summed radius. A volume too narrow for a pair (a crop around one hip) gives its one
+   pair with the largest summed radius. The ratio is loose (2) because the disease this task grades
+   flattens one head and cuts its measured radius (a collapsed segment, a crescent), and the cup test, not
+   the size, already keeps out the trochanters. A volume too narrow for a pair (a crop around one hip) gives its one
    thickest peak, with the side left open;
 4. the box is a cube of ``box_mm`` around each centre (the phantom's crop is 76 mm), clipped to the volume.
 
@@ -41,7 +43,7 @@ class HeadFinder:
     radius_mm: tuple[float, float] = (9.0, 32.0)
     pair_mm: tuple[float, float] = (110.0, 260.0)
     offset_mm: float = 30.0
-    radius_ratio: float = 1.5
+    radius_ratio: float = 2.0
     box_mm: float = 76.0
     metal_margin_mm: float = 15.0
     round_mm: float = 8.0
