@@ -97,7 +97,7 @@ def test_boxes_filled_where_missing_and_kept_where_given(small_scan: Path, tmp_p
         ],
     )
     results = fill_boxes(data)
-    assert [r.status for r in results] == ["filled", "kept"] and summary(results) == "1 boxes filled, 1 kept"
+    assert [r.status for r in results] == ["filled", "kept"] and summary(results) == "rows filled 1, kept 1"
     a, b = _rows(data / "manifest.csv")
     spacing = np.array(read_image(data / a["image"]).spacing)
     assert np.linalg.norm((_centre_of(a["box"]) - _centre_of(truth)) * spacing) < 10.0
@@ -145,6 +145,18 @@ def test_the_side_rule(small_scan: Path, tmp_path: Path) -> None:
     split = _rows(data / "manifest.csv")
     assert [(r["case_id"], r["side"]) for r in split] == [("scan_r", "right"), ("scan_l", "left")]
     assert [r["box"] for r in split] == [" ".join(map(str, h.box)) for h in (right, left)]
+    bare = tmp_path / "bare"
+    shutil.copytree(small_scan, bare)
+    write_manifest(
+        bare / "manifest.csv",
+        [{"case_id": "s", "patient_id": "p", "image": "images/p0001.nii.gz"}],
+        ["case_id", "patient_id", "image"],
+    )
+    fill_boxes(bare, side="both")  # a header without side and box columns gains them
+    assert [(r["case_id"], r["side"], r["box"] != "") for r in _rows(bare / "manifest.csv")] == [
+        ("s_r", "right", True),
+        ("s_l", "left", True),
+    ]
     labelled = _dataset(small_scan, tmp_path / "labelled", [{"case_id": "scan", "side": "", "box": ""}])
     with pytest.raises(DataError, match="labelled row belongs to one femoral head"):
         fill_boxes(labelled, side="both")

@@ -87,7 +87,8 @@ def fill_boxes(
     taken = sorted(c for c, k in Counter(r["case_id"] for r in out_rows).items() if k > 1)
     if taken:
         raise DataError(f"--side both would repeat case id(s) {', '.join(taken)}: rename them first", path=path)
-    wanted = [*columns, *(c for c in ("box", AUTO_COLUMN) if c not in columns)]
+    added = [c for c in ("side", "box", AUTO_COLUMN) if c not in columns and any(r.get(c) for r in out_rows)]
+    wanted = [*columns, *added]
     tmp = path.with_name(f".{path.name}.tmp")
     write_manifest(tmp, out_rows, wanted)
     os.replace(tmp, path)
@@ -136,7 +137,7 @@ def check_boxes(
 def summary(results: Sequence[BoxResult], *, check: bool = False) -> str:
     """One line: how many rows were filled, kept and skipped; with ``check`` the median and max error."""
     count = {s: sum(r.status == s for r in results) for s in ("filled", "kept", "skipped", "checked")}
-    skipped = f", {count['skipped']} skipped" if count["skipped"] else ""
+    skipped = f", skipped {count['skipped']}" if count["skipped"] else ""
     if check:
         errors = [r.error_mm for r in results if r.error_mm is not None]
         if not errors:
@@ -147,7 +148,7 @@ def summary(results: Sequence[BoxResult], *, check: bool = False) -> str:
         )
     metal = sum(r.status == "filled" and r.metal for r in results)
     flagged = f" ({metal} near metal: check them)" if metal else ""
-    return f"{count['filled']} boxes filled{flagged}, {count['kept']} kept{skipped}"
+    return f"rows filled {count['filled']}{flagged}, kept {count['kept']}{skipped}"
 
 
 def _open(
