@@ -6,6 +6,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -160,3 +161,23 @@ def test_the_side_rule(small_scan: Path, tmp_path: Path) -> None:
     labelled = _dataset(small_scan, tmp_path / "labelled", [{"case_id": "scan", "side": "", "box": ""}])
     with pytest.raises(DataError, match="labelled row belongs to one femoral head"):
         fill_boxes(labelled, side="both")
+
+
+def test_a_replaced_hip_leaves_the_other_head(small_scan: Path, tmp_path: Path) -> None:
+    data = _dataset(
+        small_scan,
+        tmp_path,
+        [{"case_id": "r", "side": "right", "box": ""}, {"case_id": "l", "side": "left", "box": ""}],
+    )
+    image = read_image(data / "images" / "p0001.nii.gz")
+    right, left = find_heads(image.array, image.spacing)
+    nifti = nib.load(data / "images" / "p0001.nii.gz")
+    hu = np.asarray(nifti.dataobj).copy()  # voxel axes (x, y, z)
+    grid = np.indices(hu.shape).T  # (z, y, x, 3) of x, y, z indices
+    centre = np.array(left.centre)[::-1]
+    hu[(np.linalg.norm((grid - centre) * np.array(image.spacing)[::-1], axis=-1) < 24.0).T] = 3000  # a metal head
+    nib.save(nib.Nifti1Image(hu, nifti.affine, nifti.header), data / "images" / "p0001.nii.gz")
+    results = fill_boxes(data, skip_bad=True)
+    assert [r.status for r in results] == ["filled", "skipped"]
+    assert "shows the right femoral head only" in results[1].message
+    assert _rows(data / "manifest.csv")[0]["box"] == " ".join(map(str, right.box))

@@ -195,6 +195,12 @@ def _wanted_head(case: Case, heads: _HeadCache, side: str | None) -> tuple[Found
     found, spacing = heads(case.images["image"])
     want = case.side if case.side in _SUFFIX else side
     if len(found) == 1:
+        if want in _SUFFIX and found[0].side not in ("", want):
+            raise DataError(
+                f"the scan shows the {found[0].side} femoral head only, not the {want} one (a metal implant "
+                "there, or a head the finder missed): give the box in the manifest",
+                case_id=case.case_id,
+            )
         return found[0], spacing
     if want not in _SUFFIX:
         raise DataError(

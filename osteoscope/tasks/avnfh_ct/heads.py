@@ -15,8 +15,10 @@ were drawn by hand). Classical, no training, so it does not depend on a phantom 
    ``pair_mm`` apart left-right, within ``offset_mm`` in height and depth, radii within ``radius_ratio``, the
    pair with the largest summed radius. The ratio is loose (2) because the disease this task grades
    flattens one head and cuts its measured radius (a collapsed segment, a crescent), and the cup test, not
-   the size, already keeps out the trochanters. A volume too narrow for a pair (a crop around one hip) gives its one
-   thickest peak, with the side left open;
+   the size, already keeps out the trochanters. A volume too narrow for a pair (a crop around one hip) gives
+   its one thickest peak, with the side left open; a wide scan whose heads in cups all lie on one side of
+   the body's midline (the other hip replaced by a metal implant, or its head not found) gives the thickest
+   of them with that side;
 4. the box is a cube of ``box_mm`` around each centre (the phantom's crop is 76 mm), clipped to the volume.
 
 Sides follow the reader's LPS axes: the array's x index grows toward the patient's left. A head with metal
@@ -32,6 +34,8 @@ import numpy as np
 from scipy import ndimage
 
 from osteoscope.errors import DataError
+
+_BODY_HU = -500.0  # above air: the body, whose left-right middle splits the sides when one head is found
 
 
 @dataclass(frozen=True)
@@ -90,10 +94,11 @@ def _box(centre: np.ndarray, spacing: np.ndarray, shape: Sequence[int], box_mm: 
 
 def find_heads(volume: np.ndarray, spacing: Sequence[float], finder: HeadFinder | None = None) -> list[FoundHead]:
     """The femoral heads of a CT volume (z, y, x) in HU with ``spacing`` (dz, dy, dx) mm: two, patient right
-    first, or one (side "") when the volume is too narrow for a pair.
+    first, or one: side "" when the volume is too narrow for a pair, its side when a wide scan shows one.
 
     Raises:
-        DataError: when no piece of bone is thick and round enough to be a femoral head.
+        DataError: when no piece of bone is thick and round enough to be a femoral head in a cup, or heads
+            found on both sides of a wide scan do not pair up.
     """
     finder = finder or HeadFinder()
     sp = np.asarray(spacing, dtype=float)
@@ -124,13 +129,19 @@ def find_heads(volume: np.ndarray, spacing: Sequence[float], finder: HeadFinder 
                 continue
             if best is None or ra + rb > best[0]:
                 best = (ra + rb, i, j)
-    if best is None:
-        if width >= finder.pair_mm[0]:
-            raise DataError(
-                f"{len(peaks)} bone ball(s) found but no two side by side {finder.pair_mm[0]:g}-{finder.pair_mm[1]:g} "
-                "mm apart: the two femoral heads are not both in view (or give the boxes in the manifest)"
-            )
+    if best is None and width < finder.pair_mm[0]:
         chosen = [("", peaks[0])]
+    elif best is None:
+        # A wide scan with one head alone (the other replaced by an implant, or not found): its side is
+        # the side of the body's midline it lies on. Heads on both sides that do not pair up are doubtful.
+        midline = float(np.argwhere((volume > _BODY_HU).any(axis=(0, 1)))[[0, -1]].mean())
+        sides = {"right" if c[2] < midline else "left" for c, _, _ in peaks}
+        if len(sides) == 2:
+            raise DataError(
+                f"{len(peaks)} bone balls found in cups, but no two side by side {finder.pair_mm[0]:g}-"
+                f"{finder.pair_mm[1]:g} mm apart at one height: give the boxes in the manifest"
+            )
+        chosen = [(sides.pop(), peaks[0])]
     else:
         a, b = peaks[best[1]], peaks[best[2]]
         right, left = (a, b) if a[0][2] < b[0][2] else (b, a)  # x grows toward the patient's left
