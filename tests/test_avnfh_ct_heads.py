@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from osteoscope.cli import main
 from osteoscope.data.manifest import write_manifest
 from osteoscope.data.readers import read_image
 from osteoscope.errors import DataError
@@ -181,3 +183,31 @@ def test_a_replaced_hip_leaves_the_other_head(small_scan: Path, tmp_path: Path) 
     assert [r.status for r in results] == ["filled", "skipped"]
     assert "shows the right femoral head only" in results[1].message
     assert _rows(data / "manifest.csv")[0]["box"] == " ".join(map(str, right.box))
+
+
+def test_the_command_prints_a_line_per_row_and_user_errors_as_one_line(
+    small_scan: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _dataset(small_scan, tmp_path, [{"case_id": "scan", "side": "", "box": "", "label": "", "stage": ""}])
+
+    def run(*args: str) -> tuple[int, str, str]:
+        """The entry point in-process, as the ``osteoscope`` script runs it: exit code, stdout, stderr."""
+        monkeypatch.setattr(sys, "argv", ["osteoscope", "boxes", "ct", str(data), *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as stop:
+            code = int(stop.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, _, err = run()
+    assert code == 2 and err.startswith("error: case 'scan': two femoral heads found") and len(err.splitlines()) == 1
+    code, out, _ = run("--side", "left")
+    assert (
+        code == 0 and out.startswith("[1/1] scan: filled, box ") and out.splitlines()[1:] == ["rows filled 1, kept 0"]
+    )
+    code, _, err = run("--check")
+    assert code == 2 and "gives no side" in err  # --check takes the same side rule
+    code, out, _ = run("--check", "--side", "left")
+    assert code == 0 and out.splitlines()[-1].startswith("centre error over 1 heads: median 0.0 mm")
