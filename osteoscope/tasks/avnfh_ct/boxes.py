@@ -87,11 +87,11 @@ def fill_boxes(
     taken = sorted(c for c, k in Counter(r["case_id"] for r in out_rows).items() if k > 1)
     if taken:
         raise DataError(f"--side both would repeat case id(s) {', '.join(taken)}: rename them first", path=path)
-    added = [c for c in ("side", "box", AUTO_COLUMN) if c not in columns and any(r.get(c) for r in out_rows)]
-    wanted = [*columns, *added]
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_manifest(tmp, out_rows, wanted)
-    os.replace(tmp, path)
+    if any(r.status == "filled" for r in results.values()):
+        added = [c for c in ("side", "box", AUTO_COLUMN) if c not in columns and any(r.get(c) for r in out_rows)]
+        tmp = path.with_name(f".{path.name}.tmp")
+        write_manifest(tmp, out_rows, [*columns, *added])
+        os.replace(tmp, path)
     return [results[row["case_id"].strip()] for row in rows]
 
 
@@ -121,6 +121,8 @@ def check_boxes(
         if case_id not in results:
             case = cases[case_id]
             try:
+                if len(case.boxes["box"]) != 6:
+                    raise DataError("column box: a CT box has 6 numbers, x0 y0 z0 x1 y1 z1", case_id=case_id)
                 head, spacing = _wanted_head(case, heads, side)
                 truth = np.array(case.boxes["box"], dtype=float)
                 centre = (truth[:3] + truth[3:] - 1.0) / 2.0  # x, y, z of the box's middle voxel
