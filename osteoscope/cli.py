@@ -20,6 +20,8 @@ localizer_app = typer.Typer(no_args_is_help=True, help="Femoral-head localiser: 
 app.add_typer(localizer_app, name="localizer")
 masks_app = typer.Typer(no_args_is_help=True, help="Coarse masks computed from the images, written into the manifest.")
 app.add_typer(masks_app, name="masks")
+boxes_app = typer.Typer(no_args_is_help=True, help="Automatic region boxes for the cases whose manifest gives none.")
+app.add_typer(boxes_app, name="boxes")
 
 
 @app.command()
@@ -345,6 +347,32 @@ def masks_ct(
         f"bone masks: {len(run.written)} written, {len(run.kept)} kept, {len(run.skipped)} skipped; "
         f"mean mask volume {volume}: {run.manifest}"
     )
+
+
+@boxes_app.command("ct")
+def boxes_ct(
+    dataset: Annotated[Path, typer.Argument(help="CT dataset folder (or its manifest.csv), e.g. for avnfh-ct.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace the boxes the manifest already has.")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="Leave unreadable rows and rows without a head as they are.")] = False,
+    side: Annotated[
+        str | None,
+        typer.Option(help="For rows without a side column: right, left, or both (splits an unlabelled row in two)."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option(help="Write nothing: print the finder's centre error (mm) against the existing boxes.")
+    ] = False,
+) -> None:
+    """Fill the femoral-head `box` column of a CT dataset from the bone (docs/manifest.md), or --check it."""
+    from osteoscope.tasks.avnfh_ct.boxes import BoxResult, check_boxes, fill_boxes, summary
+
+    def show(i: int, n: int, result: BoxResult) -> None:
+        typer.echo(f"[{i}/{n}] {result.case_id}: {result.status}, {result.message}")
+
+    if check:
+        results = check_boxes(dataset, skip_bad=skip_bad, side=side, progress=show)
+    else:
+        results = fill_boxes(dataset, overwrite=overwrite, skip_bad=skip_bad, side=side, progress=show)
+    typer.echo(summary(results, check=check))
 
 
 @app.command()
