@@ -242,25 +242,58 @@ def _named(items: list[str] | None, what: str) -> dict[str, str]:
     return named
 
 
+StudyImages = Annotated[
+    list[Path] | None, typer.Argument(help="Single-image studies: radiographs, CT files or DICOM series folders.")
+]
+StudyImageOption = Annotated[
+    list[str] | None, typer.Option(help="An image of one multi-image study: NAME=FILE, e.g. T1=a.dcm.")
+]
+StudyMaskOption = Annotated[list[str] | None, typer.Option(help="A mask: FILE, or NAME=FILE (e.g. rough=m.png).")]
+StudyBoxOption = Annotated[
+    list[str] | None,
+    typer.Option(help="A box: 'x0 y0 x1 y1' (3-D: 6 numbers; mm=... in patient mm), or NAME=..., e.g. left=..."),
+]
+StudySeriesOption = Annotated[
+    list[str] | None,
+    typer.Option(help="The SeriesInstanceUID to read from a DICOM folder with several: UID, or NAME=UID."),
+]
+
+
+def _study_inputs(
+    images: list[Path] | None,
+    image: list[str] | None,
+    mask: list[str] | None,
+    box: list[str] | None,
+    series: list[str] | None,
+    files: dict[str, Path] | None = None,
+):
+    """The raw studies the shared study options describe (see ``predict``)."""
+    from osteoscope.data.manifest import parse_box
+    from osteoscope.engine.predict import study_inputs
+
+    boxes = {
+        k: parse_box(v, case_id="command line", column=f"box {k}".strip()) for k, v in _named(box, "--box").items()
+    }
+    return study_inputs(
+        images or [],
+        named=_named(image, "--image"),
+        masks=_named(mask, "--mask"),
+        boxes=boxes,
+        files=files,
+        series=_named(series, "--series"),
+    )
+
+
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
-    images: Annotated[
-        list[Path] | None, typer.Argument(help="Single-image studies: radiographs, CT files or DICOM series folders.")
-    ] = None,
-    image: Annotated[
-        list[str] | None, typer.Option(help="An image of one multi-image study: NAME=FILE, e.g. T1=a.dcm.")
-    ] = None,
-    mask: Annotated[list[str] | None, typer.Option(help="A mask: FILE, or NAME=FILE (e.g. rough=m.png).")] = None,
-    box: Annotated[
-        list[str] | None, typer.Option(help="A box: 'x0 y0 x1 y1' (3-D: 6 numbers), or NAME=..., e.g. left=...")
-    ] = None,
+    images: StudyImages = None,
+    image: StudyImageOption = None,
+    mask: StudyMaskOption = None,
+    box: StudyBoxOption = None,
+    series: StudySeriesOption = None,
     localizer: Annotated[
         Path | None, typer.Option(help="onfh-xray: head-localiser weights (default RUN/localizer.pt).")
-    ] = None,
-    series: Annotated[
-        list[str] | None,
-        typer.Option(help="The SeriesInstanceUID to read from a DICOM folder with several: UID, or NAME=UID."),
     ] = None,
     ood: Annotated[
         str,
@@ -271,26 +304,36 @@ def predict(
 ) -> None:
     """Print, as JSON, the scores of each study (the same columns as the evaluation's predictions.csv) and
     the decision at the run's validated operating point, after the out-of-distribution guard."""
-    from osteoscope.data.manifest import parse_box
-    from osteoscope.engine.predict import predict_images
+    from osteoscope.engine.predict import predict_studies
     from osteoscope.engine.runs import setup_logging
 
     setup_logging()
+    studies = _study_inputs(images, image, mask, box, series, {"localizer": localizer} if localizer else {})
+    typer.echo(jsonio.dumps(predict_studies(run, studies, ood=ood), indent=2))
 
-    boxes = {
-        k: parse_box(v, case_id="command line", column=f"box {k}".strip()) for k, v in _named(box, "--box").items()
-    }
-    results = predict_images(
-        run,
-        images or [],
-        named=_named(image, "--image"),
-        masks=_named(mask, "--mask"),
-        boxes=boxes,
-        files={"localizer": localizer} if localizer else {},
-        series=_named(series, "--series"),
-        ood=ood,
-    )
-    typer.echo(jsonio.dumps(results, indent=2))
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run directory of a model that returns maps (SRANet).")],
+    images: StudyImages = None,
+    case: Annotated[
+        list[str] | None, typer.Option(help="A case_id of the run's dataset (or --data's); repeatable.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset of the --case ids (default: the run's).")] = None,
+    image: StudyImageOption = None,
+    mask: StudyMaskOption = None,
+    box: StudyBoxOption = None,
+    series: StudySeriesOption = None,
+    out: Annotated[Path, typer.Option(help="Folder of the figures.")] = Path("runs/explain"),
+) -> None:
+    """Draw the model's maps (SRANet: patch attention over the CT, through the lesion when the manifest
+    outlines one) for dataset cases or raw studies; prints each case's scores and figures as JSON."""
+    from osteoscope.engine.explain import explain_cases
+    from osteoscope.engine.runs import setup_logging
+
+    setup_logging()
+    studies = _study_inputs(images, image, mask, box, series)
+    typer.echo(jsonio.dumps(explain_cases(run, out, case_ids=case or [], studies=studies, data=data), indent=2))
 
 
 @localizer_app.command("train")

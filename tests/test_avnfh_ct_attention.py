@@ -61,6 +61,9 @@ def test_draw_attention_goes_through_the_lesion(tmp_path: Path) -> None:
     lesion[10:13, 2:5, 6:9] = True
     assert lesion_slices(lesion, volume.shape) == (11, 3)
     assert lesion_slices(None, volume.shape) == (8, 8)
+    top = np.zeros((2, 2, 2))
+    top[1, 0, 1] = 1.0
+    assert lesion_slices(None, volume.shape, top) == (12, 4)  # the centre of patch (1, 0, 1) of a 16^3 volume
     attention = np.random.default_rng(2).random((1, 4, 4, 4))
     path = draw_attention(volume, attention, tmp_path / "a.png", lesion=lesion, title="case c1")
     image = np.asarray(Image.open(path))

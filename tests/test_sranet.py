@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
 
 from osteoscope.config import config_from_dict
 from osteoscope.engine.evaluate import evaluate_run
 from osteoscope.engine.trainer import train
-from osteoscope.errors import ConfigError
+from osteoscope.errors import ConfigError, DataError
 from osteoscope.losses import BinaryLoss, StructureRegularizedLoss
 from osteoscope.models import create_model
 from osteoscope.models.sranet import min_shift_weights, patch_overlap, to_patches
@@ -106,7 +107,7 @@ def test_sranet_learns_where_the_bright_cube_is() -> None:
 def sranet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sranet")
     generate_phantom("avnfh-ct", root / "data", n=60, seed=0, subtlety=0.0, voxel_scale=3.0)
-    no_spatial = {"flip_axes": [], "rotate_deg": 0.0, "scale": 0.0, "translate": 0.0}
+    no_spatial = {"flip_axes": [], "rotate_deg": 0.0, "scale": 0.0, "translate": 0.0, "crop": 0.0}
     config = {
         "task": "avnfh-ct",
         "data": {"path": str(root / "data"), "options": {"size": [32, 32, 32], **no_spatial}},
@@ -131,6 +132,29 @@ def test_sranet_trains_in_the_engine_and_its_attention_is_scored(sranet_run: Pat
     assert 0 < scored["chance"] < 1
     figures = list((sranet_run / "eval-test" / "attention").glob("*.png"))
     assert figures and "Patch attention against the lesion" in (sranet_run / "eval-test" / "report.md").read_text()
+
+
+def test_explain_draws_the_attention_of_a_dataset_case_and_of_a_raw_ct(sranet_run: Path, tmp_path: Path) -> None:
+    """``osteoscope explain``: a dataset case by its id (lesion outlined), and a CT file with its box given as
+    for predict, each with the model's score and its attention figure; a model without maps is refused."""
+    from osteoscope.cli import app
+    from osteoscope.data.manifest import format_box, load_manifest
+    from osteoscope.engine.explain import explain_cases
+
+    cases = load_manifest(sranet_run.parent / "data").cases
+    positive = next(c for c in cases if c.labels["label"] == 1 and (c.stage or 0) >= 2)
+    [result] = explain_cases(sranet_run, tmp_path / "by-id", case_ids=[positive.case_id])
+    assert result["case"] == positive.case_id and 0.0 <= result["scores"]["probability"] <= 1.0
+    assert Path(result["figures"][0]).stat().st_size > 5000
+    with pytest.raises(DataError, match="not in the dataset: nosuch"):
+        explain_cases(sranet_run, tmp_path, case_ids=["nosuch"])
+
+    args = ["explain", str(sranet_run), str(positive.images["image"]), "--box", format_box(positive.boxes["box"])]
+    outcome = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "raw")])
+    assert outcome.exit_code == 0, outcome.output
+    [raw] = json.loads(outcome.stdout)
+    assert raw["scores"]["probability"] == pytest.approx(result["scores"]["probability"], abs=1e-4)
+    assert len(list((tmp_path / "raw").glob("*_attention.png"))) == 1
 
 
 def test_the_shipped_config_holds_the_seeds_training_settings() -> None:

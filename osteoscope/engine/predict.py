@@ -122,7 +122,31 @@ def predict_images(
     Returns:
         One dict per study.
     """
+    studies = study_inputs(images, named=named, masks=masks, boxes=boxes, files=files, series=series)
+    return predict_studies(run_dir, studies, ood=ood)
+
+
+def predict_studies(
+    run_dir: str | Path, studies: Sequence[StudyInputs], *, ood: str = "refuse"
+) -> list[dict[str, Any]]:
+    """:func:`predict_study` of each raw study with the run in ``run_dir``."""
+    if not studies:
+        raise ConfigError("give at least one image to predict")
     run = load_run(run_dir)
+    return [predict_study(run, study, ood=ood) for study in studies]
+
+
+def study_inputs(
+    images: Sequence[str | Path],
+    *,
+    named: Mapping[str, str | Path] | None = None,
+    masks: Mapping[str, str | Path] | None = None,
+    boxes: Mapping[str, Box] | None = None,
+    files: Mapping[str, str | Path] | None = None,
+    series: Mapping[str, str] | None = None,
+) -> list[StudyInputs]:
+    """The raw studies of the command line (see :func:`predict_images`): one per image of ``images``, one of
+    all the ``named`` images; masks, boxes, files and series apply to each."""
     common = {
         "masks": {k: Path(v) for k, v in (masks or {}).items()},
         "boxes": dict(boxes or {}),
@@ -132,9 +156,7 @@ def predict_images(
     studies = [StudyInputs(images={"": Path(image)}, **common) for image in images]
     if named:
         studies.append(StudyInputs(images={k: Path(v) for k, v in named.items()}, **common))
-    if not studies:
-        raise ConfigError("give at least one image to predict")
-    return [predict_study(run, study, ood=ood) for study in studies]
+    return studies
 
 
 def _plain(value: Any) -> float | str:

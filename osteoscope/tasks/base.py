@@ -260,6 +260,11 @@ class Task(ABC):
         ground truth, with figures written into ``out`` (none by default)."""
         return []
 
+    def draw_maps(self, case: Case, maps: Mapping[str, np.ndarray], out: Path, title: str) -> list[Path]:
+        """Figures of one case's maps (map name -> the model's array for the case) over its image, written
+        into ``out``, for ``osteoscope explain``; none by default."""
+        return []
+
     def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
         """Turn a raw study into a case: ``--image`` keys map to ``image``/``image_<key>`` columns, ``--mask``
         keys to ``mask``/``mask_<key>``, ``--box`` keys to ``box``/``box_<key>``. Tasks check here that

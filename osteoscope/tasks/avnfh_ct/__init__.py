@@ -178,21 +178,26 @@ class AvnfhCt(Task):
         per_stage = {f"{STAGES[k]} vs negatives": negatives_and(k) for k in range(1, len(STAGES))}
         return {"early (ARCO I-II)": negatives_and(1, 2), **per_stage}
 
+    def lesion_arrays(self, case: Case) -> dict[str, np.ndarray]:
+        """The case's model input ``image`` with, when the manifest gives one, its lesion mask (``mask_lesion``)
+        brought into the same frame as ``mask``."""
+        lesions = replace(self.builder(False, None), mask_column="mask_lesion", mask_as_channel=False)
+        return lesions.decode(case)
+
     def evaluate_maps(
         self, cases: Sequence[Case], maps: Mapping[str, Sequence[Path]], out: Path, n_boot: int
     ) -> list[MapEvaluation]:
-        """A model's patch attention (``maps["attention"]``, SRANet) against the lesion mask (``mask_lesion``,
-        brought into the model's input frame like the image) on the positive cases that show one: attention
-        mass and pointing game with intervals, and the first ``ATTENTION_FIGURES`` cases drawn."""
+        """A model's patch attention (``maps["attention"]``, SRANet) against the lesion mask on the positive
+        cases that show one: attention mass and pointing game with intervals, and the first
+        ``ATTENTION_FIGURES`` cases drawn."""
         files = maps.get("attention")
         if not files:
             return []
-        lesions = replace(self.builder(False, None), mask_column="mask_lesion", mask_as_channel=False)
         scores, groups, figures = [], [], []
         for case, file in zip(cases, files, strict=True):
             if label_of(case, "label") != 1 or case.masks.get("mask_lesion") is None:
                 continue
-            arrays = lesions.decode(case)
+            arrays = self.lesion_arrays(case)
             if not arrays.get("mask", np.zeros(1)).any():
                 continue  # ARCO I, or a lesion outside the box
             attention = np.load(file)
@@ -206,6 +211,16 @@ class AvnfhCt(Task):
             return []
         summary = summarise(scores, groups, n_boot=n_boot)
         return [MapEvaluation("Patch attention against the lesion", summary, summary_markdown(summary, figures, out))]
+
+    def draw_maps(self, case: Case, maps: Mapping[str, np.ndarray], out: Path, title: str) -> list[Path]:
+        """The patch attention over the axial and coronal slices through the lesion (outlined when the manifest
+        has ``mask_lesion``), else through the most attended patch."""
+        if "attention" not in maps:
+            return []
+        arrays = self.lesion_arrays(case) if case.masks.get("mask_lesion") else self.builder(False, None).decode(case)
+        lesion = arrays.get("mask") if case.masks.get("mask_lesion") else None
+        path = out / f"{case.case_id}_attention.png"
+        return [draw_attention(arrays["image"], maps["attention"], path, lesion=lesion, title=title)]
 
     def study_case(self, inputs: StudyInputs, run_dir: Path) -> Case:
         """A CT (NIfTI file or DICOM series folder) with the femoral-head ``--box`` and, when the model or

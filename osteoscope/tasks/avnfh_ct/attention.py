@@ -85,19 +85,27 @@ def summary_markdown(summary: Mapping[str, Any], figures: Sequence[Path], base: 
     )
 
 
-def lesion_slices(lesion: np.ndarray | None, shape: tuple[int, int, int]) -> tuple[int, int]:
-    """(axial index along D, coronal index along H) through the lesion's centre of mass, or the centre."""
-    if lesion is None or not (lesion > 0).any():
+def lesion_slices(
+    lesion: np.ndarray | None, shape: tuple[int, int, int], attention: np.ndarray | None = None
+) -> tuple[int, int]:
+    """(axial index along D, coronal index along H) through the lesion's centre of mass; without a lesion,
+    through the centre of the most attended patch of ``attention`` (grid^3), or else the volume's centre."""
+    if lesion is not None and (lesion > 0).any():
+        z, y, _ = np.argwhere(lesion > 0).mean(axis=0)
+        return round(float(z)), round(float(y))
+    if attention is None:
         return shape[0] // 2, shape[1] // 2
-    z, y, _ = np.argwhere(lesion > 0).mean(axis=0)
-    return round(float(z)), round(float(y))
+    grid = np.asarray(attention).shape[-1]
+    top = np.unravel_index(int(np.argmax(attention)), (grid,) * 3)
+    return tuple(int((i + 0.5) * side / grid) for i, side in zip(top[:2], shape[:2], strict=True))
 
 
 def draw_attention(
     volume: np.ndarray, attention: np.ndarray, path: str | Path, *, lesion: np.ndarray | None = None, title: str = ""
 ) -> Path:
-    """PNG of the axial and coronal slices through the lesion with the patch attention over them (each patch
-    a flat block, as the model sees it) and the lesion outlined."""
+    """PNG of the axial and coronal slices through the lesion (without one: through the most attended patch)
+    with the patch attention over them (each patch a flat block, as the model sees it) and the lesion
+    outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +115,7 @@ def draw_attention(
     attention = np.asarray(attention, dtype=np.float32).reshape((grid,) * 3)
     factor = [side // grid for side in volume.shape]
     up = np.kron(attention, np.ones(factor, dtype=np.float32))
-    z, y = lesion_slices(lesion, volume.shape)
+    z, y = lesion_slices(lesion, volume.shape, attention)
     outline = np.zeros(volume.shape, bool) if lesion is None else lesion > 0
     # Coronal rows run from the feet up (z toward superior), so they are flipped to show the head on top.
     panels = (
