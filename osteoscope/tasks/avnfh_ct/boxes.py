@@ -144,8 +144,9 @@ def summary(results: Sequence[BoxResult], *, check: bool = False) -> str:
         errors = [r.error_mm for r in results if r.error_mm is not None]
         if not errors:
             return f"no head found for any of the {len(results)} boxed rows{skipped}"
+        heads = f"{len(errors)} head" + ("s" if len(errors) != 1 else "")
         return (
-            f"centre error over {len(errors)} heads: median {np.median(errors):.1f} mm, max {max(errors):.1f} mm, "
+            f"centre error over {heads}: median {np.median(errors):.1f} mm, max {max(errors):.1f} mm, "
             f"{sum(e <= 10.0 for e in errors)} within 10 mm{skipped}"
         )
     metal = sum(r.status == "filled" and r.metal for r in results)
