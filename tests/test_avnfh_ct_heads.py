@@ -210,4 +210,4 @@ def test_the_command_prints_a_line_per_row_and_user_errors_as_one_line(
     code, _, err = run("--check")
     assert code == 2 and "gives no side" in err  # --check takes the same side rule
     code, out, _ = run("--check", "--side", "left")
-    assert code == 0 and out.splitlines()[-1].startswith("centre error over 1 heads: median 0.0 mm")
+    assert code == 0 and out.splitlines()[-1].startswith("centre error over 1 head: median 0.0 mm")
