@@ -302,3 +302,17 @@ def test_models_that_do_not_fit_the_task_fail_in_one_line(
     assert result.returncode == 2, result.stderr
     error = result.stderr.strip().splitlines()[-1]  # the lines before are the run's log
     assert error.startswith("error: ") and message in error and "Traceback" not in result.stderr
+
+
+def test_study_map_table_has_a_row_per_model_with_intervals_and_plain_figures() -> None:
+    from osteoscope.engine.study import maps_section
+
+    def scored(mass: float) -> dict[str, Any]:
+        return {"cases": 7, "chance": 0.25, "attention_mass": {"estimate": mass, "low": mass - 0.1, "high": mass + 0.1}}
+
+    results = {"a": {"maps": {"Attention": scored(0.6)}}, "b": {"maps": {"Attention": scored(0.3)}}, "c": {}}
+    lines = maps_section(results).splitlines()
+    header = [cell.strip() for cell in lines[2].split("|")[1:-1]]
+    assert lines[0] == "## Attention" and header == ["model", "attention mass", "chance", "cases"]
+    assert [line.split("|")[1].strip() for line in lines[4:]] == ["a", "b"]  # c has no maps: no row
+    assert "0.600 [0.500, 0.700]" in lines[4] and "0.250" in lines[4] and lines[4].rstrip("| ").endswith("7")

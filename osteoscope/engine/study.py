@@ -364,14 +364,21 @@ def compare_runs(
 
 def maps_section(results: Mapping[str, Mapping]) -> str:
     """One table per map evaluation (e.g. patch attention against the lesion) with a row per model that has
-    it: every interval figure of the evaluation, and its case count."""
+    it: every interval figure of the evaluation, its plain figures (e.g. the level by chance), and its case
+    count."""
     names = sorted({name for r in results.values() for name in r.get("maps", {})})
     parts = []
     for name in names:
         rows = {model: r["maps"][name] for model, r in results.items() if name in r.get("maps", {})}
-        keys = [k for k, v in next(iter(rows.values())).items() if isinstance(v, Mapping) and "estimate" in v]
-        table = [[model, *(interval(m[k]) for k in keys), m.get("cases", "")] for model, m in rows.items()]
-        parts += [f"## {name}", markdown_table(["model", *(k.replace("_", " ") for k in keys), "cases"], table)]
+        first = next(iter(rows.values()))
+        keys = [k for k, v in first.items() if isinstance(v, Mapping) and "estimate" in v]
+        plain = [k for k, v in first.items() if isinstance(v, float)]
+        table = [
+            [model, *(interval(m[k]) for k in keys), *(f"{m[k]:.3f}" for k in plain), m.get("cases", "")]
+            for model, m in rows.items()
+        ]
+        header = ["model", *(k.replace("_", " ") for k in (*keys, *plain)), "cases"]
+        parts += [f"## {name}", markdown_table(header, table)]
     return "\n\n".join(parts)
 
 
