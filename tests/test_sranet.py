@@ -62,8 +62,10 @@ def test_structure_regularised_loss_by_hand() -> None:
     total, parts = StructureRegularizedLoss(BinaryLoss(), alpha=0.3)(outputs, batch)
     assert float(total) == pytest.approx(0.3 * l_c + 0.7 * l_s)
     assert parts["structure"] == pytest.approx(l_s) and parts["bce"] == pytest.approx(l_c)
+    assert parts["bone_patches"] == 0.5  # two of the four patches overlap the bone
     plain, parts = StructureRegularizedLoss(BinaryLoss(), alpha=0.3)({"logits": outputs["logits"]}, batch)
     assert float(plain) == pytest.approx(l_c) and parts["structure"] == 0.0  # a baseline: l_c alone
+    assert "bone_patches" not in parts
 
 
 def test_forward_gives_maps_and_works_without_a_mask() -> None:
@@ -80,8 +82,14 @@ def test_forward_gives_maps_and_works_without_a_mask() -> None:
 
 
 def test_seed_sized_sranet_matches_the_attentiondeepmil_widths() -> None:
-    model = create_model("sranet", img_size=128)
-    assert sum(p.numel() for p in model.parameters()) == 3_381_956  # 12.9 MB in float32; the seed: 26 MB
+    literal = create_model("sranet", img_size=128, norm="none")  # Eq. 1-2 as printed
+    assert sum(p.numel() for p in literal.parameters()) == 3_381_956  # 12.9 MB in float32; the seed: 26 MB
+    model = create_model("sranet", img_size=128)  # the default adds a batch norm after each convolution
+    assert sum(p.numel() for p in model.parameters()) == 3_381_956 + 2 * (20 + 50)
+    kinds = [type(layer).__name__ for layer in model.encoder.blocks]
+    assert kinds == ["Conv3d", "BatchNorm3d", "ReLU", "MaxPool3d"] * 2
+    with pytest.raises(ConfigError, match="norm must be one of batch, none"):
+        create_model("sranet", img_size=128, norm="layer")
 
 
 def test_sranet_learns_where_the_bright_cube_is() -> None:
@@ -126,6 +134,7 @@ def test_sranet_trains_in_the_engine_and_its_attention_is_scored(sranet_run: Pat
     metrics = json.loads((sranet_run / "eval-test" / "metrics.json").read_text())
     history = [json.loads(line) for line in (sranet_run / "history.jsonl").read_text().splitlines()]
     assert all(row["train_structure"] > 0 for row in history)  # the bone mask reached the regulariser
+    assert all(0 < row["train_bone_patches"] <= 1 for row in history)
     assert history[-1]["train_total"] < history[0]["train_total"]
     scored = metrics["maps"]["Patch attention against the lesion"]
     assert scored["cases"] > 0 and 0 <= scored["attention_mass"]["estimate"] <= 1
