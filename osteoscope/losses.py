@@ -207,7 +207,9 @@ class StructureRegularizedLoss(nn.Module):
     overlaps the bone mask), averaged over patches and cases. ``l_s`` is used only when the model returns
     ``aux["structure_logits"]`` and ``aux["structure_targets"]`` (SRANet given a mask); a baseline, or
     evaluation without masks, trains or scores on ``l_c`` alone (and ``alpha`` = 1 is SRANet without the
-    regulariser).
+    regulariser). Whenever the targets are there, the share of patches that overlap the bone goes into the
+    parts as ``bone_patches`` (history: ``train_bone_patches``): near 1, ``l_s`` asks the same of every patch
+    and carries little information.
 
     Args:
         base: The head's loss, ``(outputs, batch) -> (loss, parts)``.
@@ -222,9 +224,12 @@ class StructureRegularizedLoss(nn.Module):
     def forward(self, outputs: Mapping, batch: Mapping) -> tuple[torch.Tensor, Parts]:
         l_c, parts = self.base(outputs, batch)
         aux = outputs.get("aux", {})
-        if self.alpha >= 1.0 or "structure_logits" not in aux or "structure_targets" not in aux:
+        targets = aux.get("structure_targets")
+        if targets is not None:
+            parts = {**parts, "bone_patches": float(targets.float().mean())}
+        if self.alpha >= 1.0 or "structure_logits" not in aux or targets is None:
             return l_c, {**parts, "structure": 0.0}
         q = aux["structure_logits"]
-        l_s = F.binary_cross_entropy_with_logits(q, aux["structure_targets"].to(q.dtype))
+        l_s = F.binary_cross_entropy_with_logits(q, targets.to(q.dtype))
         total = self.alpha * l_c + (1.0 - self.alpha) * l_s
         return total, {**parts, "structure": l_s.item(), "total": total.item()}
