@@ -162,6 +162,17 @@ def test_init_from_errors_name_the_problem(pretext_run: Path, mr: Path, tmp_path
         train(config_from_dict(other), tmp_path / "b", verbose=False)
 
 
+def test_a_stage_that_saw_test_patients_is_refused(mr: Path, tmp_path: Path) -> None:
+    """MR-CT pairs of the labelled patients, split another way: the pretext trained on some of the stager's test
+    patients, so joining the stages is leakage; the unlabelled pretext set of other patients joins fine."""
+    leaky = config("onfh-mr-staging", mr, epochs=1, options={"target": "ct"})
+    leaky["data"]["split_seed"] = 7
+    pretext = train(config_from_dict(leaky), tmp_path / "leaky-pretext", verbose=False)
+    values = config("onfh-mr-staging", mr, epochs=1, train={"init_from": f"{pretext}:backbone."})
+    with pytest.raises(ConfigError, match=r"trained or validated on \d+ patient\(s\) of this run's test split"):
+        train(config_from_dict(values), tmp_path / "staging", verbose=False)
+
+
 # --- studies ---------------------------------------------------------------------------------------
 
 

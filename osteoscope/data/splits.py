@@ -118,10 +118,15 @@ def save_splits(path: str | Path, cases: Sequence[Case], assignment: dict[str, s
     return path
 
 
-def load_splits(path: str | Path) -> dict[str, str]:
-    """Read a file written by :func:`save_splits` back into case_id -> split."""
+def read_split_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows (case_id, patient_id, split) of a file written by :func:`save_splits`."""
     path = Path(path)
     if not path.is_file():
         raise DataError("split file not found", path=path)
     with path.open(newline="") as handle:
-        return {row["case_id"]: row["split"] for row in csv.DictReader(handle)}
+        return list(csv.DictReader(handle))
+
+
+def load_splits(path: str | Path) -> dict[str, str]:
+    """Read a file written by :func:`save_splits` back into case_id -> split."""
+    return {row["case_id"]: row["split"] for row in read_split_rows(path)}

@@ -4,16 +4,22 @@
 omitted) into the same keys of the new model; ``RUN:PREFIX=NEW`` renames the prefix on the way, for models
 that name the shared part differently. This is how a staging network starts from the encoder of a
 self-supervised pretext run (e.g. ``--init-from runs/mr-ct:backbone.``).
+
+Joining two stages is checked for leakage: the earlier run must not have trained or validated on a patient
+that the new run holds out for its test (:func:`check_stage_leakage`), e.g. unlabelled MR-CT pairs of a test
+patient in the pretext set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
 
+from osteoscope.data.splits import read_split_rows
 from osteoscope.engine.checkpoint import load_checkpoint
-from osteoscope.engine.runs import BEST_CHECKPOINT
+from osteoscope.engine.runs import BEST_CHECKPOINT, SPLITS_FILE
 from osteoscope.errors import ConfigError
 
 
@@ -65,3 +71,19 @@ def load_init_weights(model: nn.Module, spec: str, model_name: str) -> str:
     where = f" (prefix {prefix!r}{renamed})" if prefix else ""
     source = run / BEST_CHECKPOINT
     return f"initialised {len(selected)} of {len(own)} tensors ({values:.2f}M values) from {source}{where}"
+
+
+def check_stage_leakage(spec: str, test_patients: Iterable[str]) -> None:
+    """Refuse to join an earlier stage that saw any of this run's test patients.
+
+    Raises:
+        ConfigError: Naming how many test patients the earlier run trained or validated on, and examples.
+    """
+    run, _, _ = parse_init_from(spec)
+    seen = {row["patient_id"] for row in read_split_rows(run / SPLITS_FILE) if row["split"] in ("train", "val")}
+    leaked = sorted(seen & set(test_patients))
+    if leaked:
+        raise ConfigError(
+            f"--init-from {spec}: that run trained or validated on {len(leaked)} patient(s) of this run's test "
+            f"split (e.g. {', '.join(leaked[:3])}): leakage; remove them from its data or from the test split"
+        )

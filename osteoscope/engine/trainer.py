@@ -68,7 +68,7 @@ from osteoscope.engine.runs import (
     setup_logging,
     task_of,
 )
-from osteoscope.engine.stages import load_init_weights
+from osteoscope.engine.stages import check_stage_leakage, load_init_weights
 from osteoscope.errors import ConfigError, OsteoscopeError
 from osteoscope.heads import Head
 
@@ -205,6 +205,8 @@ def train(
     log.info("split from %s: %s", source, "; ".join(split_counts(task, k, v) for k, v in parts.items()))
     for warning in [*check_splits(task, parts, source), *task.check(cases)]:
         log.warning("%s", warning)
+    if tc.init_from and not resume:
+        check_stage_leakage(tc.init_from, {case.patient_id for case in parts["test"]})
 
     train_set = CaseDataset(parts["train"], task.builder(True, cache), augment=True, seed=tc.seed)
     val_set = CaseDataset(parts["val"], eval_builder)
