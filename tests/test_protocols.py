@@ -134,6 +134,8 @@ def test_pretext_stage_trains_on_unlabelled_pairs_and_minimises_its_error(pretex
     assert best["monitor"] == "val_mae"
     assert best["value"] == min(r["val_mae"] for r in history)  # selected by the lowest validation error
     assert history[-1]["train_l1"] < history[0]["train_l1"]
+    figure = pretext_run / "translations.png"  # held-out inputs, predicted and true CT
+    assert figure.stat().st_size > 10_000 and "held-out translations" in (pretext_run / "train.log").read_text()
 
 
 def test_second_stage_starts_from_the_pretext_encoder(pretext_run: Path, mr: Path, tmp_path: Path) -> None:

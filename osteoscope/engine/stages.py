@@ -7,7 +7,8 @@ self-supervised pretext run (e.g. ``--init-from runs/mr-ct:backbone.``).
 
 Joining two stages is checked for leakage: the earlier run must not have trained or validated on a patient
 that the new run holds out for its test (:func:`check_stage_leakage`), e.g. unlabelled MR-CT pairs of a test
-patient in the pretext set.
+patient in the pretext set. A pretext run (an image target) shows what it learned in ``RUN/translations.png``:
+held-out inputs beside the predicted and the true target (:func:`draw_translations`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import nn
+from torch.utils.data import default_collate
 
+from osteoscope.data.datasets import CaseDataset
 from osteoscope.data.splits import read_split_rows
 from osteoscope.engine.checkpoint import load_checkpoint
+from osteoscope.engine.inference import forward, to_device
 from osteoscope.engine.runs import BEST_CHECKPOINT, SPLITS_FILE
 from osteoscope.errors import ConfigError
+from osteoscope.report.plots import plot_case_examples
+from osteoscope.tasks.base import Task
+
+TRANSLATIONS_FIGURE = "translations.png"
 
 
 def parse_init_from(spec: str) -> tuple[Path, str, str]:
@@ -87,3 +97,33 @@ def check_stage_leakage(spec: str, test_patients: Iterable[str]) -> None:
             f"--init-from {spec}: that run trained or validated on {len(leaked)} patient(s) of this run's test "
             f"split (e.g. {', '.join(leaked[:3])}): leakage; remove them from its data or from the test split"
         )
+
+
+def draw_translations(
+    model: nn.Module, dataset: CaseDataset, task: Task, model_name: str, path: Path, device: torch.device, n: int = 4
+) -> Path:
+    """One row per held-out case (the first ``n`` of ``dataset``): each input image, the model's image and the
+    true target image (the middle slice of a volume)."""
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for index in range(min(n, len(dataset))):
+            sample = dataset[index]
+            batch = to_device(default_collate([sample]), device)
+            predicted = forward(model, batch, model_name=model_name, task=task)["logits"][0, 0]
+            channels = sample["image"].reshape(-1, *predicted.shape)
+            names = [str(c).removeprefix("image_") for c in getattr(dataset.builder, "columns", ())]
+            if names:  # one channel per named image; later channels are flags (e.g. present-planes)
+                channels = channels[: len(names)]
+            tiles = [(names[k] if names else f"input {k + 1}", _middle(c)) for k, c in enumerate(channels)]
+            tiles += [("predicted", _middle(predicted)), ("true", _middle(sample["label"][0]))]
+            rows.append((dataset.cases[index].case_id, tiles))
+    return plot_case_examples(rows, path)
+
+
+def _middle(image: torch.Tensor) -> np.ndarray:
+    """A 2-D image as it is, a volume by its middle slice, as float numpy."""
+    array = image.float().cpu().numpy()
+    while array.ndim > 2:
+        array = array[array.shape[0] // 2]
+    return array

@@ -68,7 +68,7 @@ from osteoscope.engine.runs import (
     setup_logging,
     task_of,
 )
-from osteoscope.engine.stages import check_stage_leakage, load_init_weights
+from osteoscope.engine.stages import TRANSLATIONS_FIGURE, check_stage_leakage, draw_translations, load_init_weights
 from osteoscope.errors import ConfigError, OsteoscopeError
 from osteoscope.heads import Head
 
@@ -314,6 +314,9 @@ def train(
             lambda: infer(model, val_set, task, model_name=name, batch_size=tc.batch_size * 2, device=device),
             head,
         )
+        if head.kind == "pretext":
+            figure = draw_translations(model, val_set, task, name, run_dir / TRANSLATIONS_FIGURE, device)
+            log.info("held-out translations: %s", figure)
     log.info(
         "done: best %s %.4f at epoch %d; weights in %s",
         monitor,
