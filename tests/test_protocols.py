@@ -329,3 +329,53 @@ def test_study_map_table_has_a_row_per_model_with_intervals_and_plain_figures() 
     assert lines[0] == "## Attention" and header == ["model", "attention mass", "chance", "cases"]
     assert [line.split("|")[1].strip() for line in lines[4:]] == ["a", "b"]  # c has no maps: no row
     assert "0.600 [0.500, 0.700]" in lines[4] and "0.250" in lines[4] and lines[4].rstrip("| ").endswith("7")
+
+
+def test_study_trains_a_stage_once_and_its_variants_start_from_it(mr: Path, tmp_path: Path) -> None:
+    """A pretext stage on the unlabelled pairs, a model with a scratch and a pretrained variant, and a contrast
+    between the two: the pretrained variant loads the stage's encoder, the scratch one does not."""
+    base = config("onfh-mr-staging", mr, epochs=1)
+    values = {
+        "task": base["task"],
+        "data": base["data"],
+        "train": {k: v for k, v in base["train"].items() if k != "lr"},
+        "tuning": {"lr": [1e-3]},
+        "n_boot": 50,
+        "stages": {
+            "pretext": {
+                "data": {"path": str(mr / "pretext"), "options": {"target": "ct"}},
+                "model": {"name": "timm:test_resnet"},
+            }
+        },
+        "models": {
+            "resnet": {
+                "model": {"name": "timm:test_resnet"},
+                "variants": {"scratch": {}, "ssl": {"init_from": "pretext:backbone."}},
+            },
+            "effnet": {"model": {"name": "timm:test_efficientnet"}},
+        },
+        "reference": "resnet-scratch",
+        "contrasts": [["resnet-scratch", "resnet-ssl"], ["resnet-ssl", "effnet"]],  # the first one is already in
+    }
+    summary = run_study(parse_study(values), tmp_path, verbose=False, threads=1)
+    stage = tmp_path / "stages" / "pretext"
+    assert summary["stages"]["pretext"]["monitor"] == "val_mae" and (stage / "translations.png").is_file()
+    assert f"from {stage}/best.pt" in (tmp_path / "resnet-ssl" / "lr-0.001" / "train.log").read_text()
+    assert "initialised" not in (tmp_path / "resnet-scratch" / "lr-0.001" / "train.log").read_text()
+    tests = [
+        (c["model"], c["reference"], c["metric"]) for c in summary["comparisons"] if c["subset"] == "all test cases"
+    ]
+    assert tests == [
+        ("resnet-ssl", "resnet-scratch", "macro_auc"),
+        ("effnet", "resnet-scratch", "macro_auc"),
+        ("resnet-ssl", "effnet", "macro_auc"),
+    ]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Stages" in report and "stages/pretext/translations.png" in report and "resnet-ssl vs effnet" in report
+
+    with pytest.raises(ConfigError, match=r"init_from 'other:backbone\.' names no stage of the study"):
+        parse_study(
+            {**values, "models": {"m": {"model": {"name": "timm:test_resnet"}, "init_from": "other:backbone."}}}
+        )
+    with pytest.raises(ConfigError, match="study contrast"):
+        parse_study({**values, "contrasts": [["resnet-ssl", "nosuch"]]})

@@ -18,6 +18,19 @@ One YAML names the task, the shared data and training budget, a tuning grid, the
           scratch: {}
           imagenet: {model: {options: {pretrained_path: weights/resnet18.pth}}}
 
+A study can hold **stages** trained once before the models, e.g. a self-supervised pretext run on unlabelled
+pairs, and models (or variants) that start from one with ``init_from: STAGE:PREFIX`` (the study's form of
+``--init-from``; joining is checked for leakage into the test patients). ``contrasts`` adds paired tests
+between two models besides those against the reference (e.g. an ablation's arms)::
+
+    stages:
+      pretext: {data: {path: runs/mr/data/pretext, options: {target: ct}}, train: {epochs: 20}}
+    models:
+      fusion:
+        model: {name: mr-fusion}
+        variants: {scratch: {}, ssl: {init_from: "pretext:encoder."}}
+    contrasts: [[fusion-ssl, fusion-scratch]]
+
 Equal footing, checked rather than assumed:
 
 * one patient split for every run: it is drawn once into ``OUT/splits.csv`` and given to each run, and each
@@ -65,6 +78,7 @@ from osteoscope.engine.runs import (
     setup_logging,
     task_of,
 )
+from osteoscope.engine.stages import TRANSLATIONS_FIGURE
 from osteoscope.engine.trainer import train
 from osteoscope.errors import ConfigError, OsteoscopeError
 from osteoscope.heads import BinaryHead, Head, interval, markdown_table
@@ -79,7 +93,22 @@ from osteoscope.report.summary import (
     training_section,
 )
 
-STUDY_KEYS = ("task", "data", "train", "loss", "model", "tuning", "reference", "readers", "models", "n_boot", "title")
+STUDY_KEYS = (
+    "task",
+    "data",
+    "train",
+    "loss",
+    "model",
+    "tuning",
+    "reference",
+    "readers",
+    "models",
+    "stages",
+    "contrasts",
+    "n_boot",
+    "title",
+)
+STAGES_DIR = "stages"
 RESULT_FILE = "study.json"
 
 
@@ -95,6 +124,10 @@ class Study:
         n_boot: Bootstrap replicates of intervals and paired tests.
         title: Heading of the report.
         readers: Human reader -> (sensitivity, specificity), marked on the ROC (binary tasks).
+        stages: Stage name -> config overrides of a run trained once before the models (its own data and
+            budget), e.g. a pretext stage.
+        inits: Model label -> ``STAGE:PREFIX`` it starts from.
+        contrasts: Extra (model, other model) pairs to test, besides every model against the reference.
     """
 
     base: dict[str, Any]
@@ -104,6 +137,9 @@ class Study:
     n_boot: int = 2000
     title: str = "Study"
     readers: dict[str, tuple[float, float]] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inits: dict[str, str] = field(default_factory=dict)
+    contrasts: list[tuple[str, str]] = field(default_factory=list)
 
     def grid(self) -> list[dict[str, Any]]:
         """The tuning grid's points, each a dict of train keys."""
@@ -132,21 +168,32 @@ def parse_study(values: Mapping[str, Any]) -> Study:
     if not isinstance(entries, Mapping) or not entries:
         raise ConfigError("a study needs `models`: a mapping of model label -> settings")
     base = {k: copy.deepcopy(values[k]) for k in ("task", "data", "train", "loss", "model") if k in values}
+    stages = {str(k): dict(v or {}) for k, v in (values.get("stages") or {}).items()}
     models: dict[str, dict[str, Any]] = {}
+    inits: dict[str, str] = {}
     for label, entry in entries.items():
         entry = dict(entry or {})
         variants = entry.pop("variants", None) or {"": {}}
-        for key in entry:
-            if key not in ("model", "loss", "data"):
-                raise ConfigError(
-                    f"study model {label!r}: {key!r} cannot differ between models (shared budget); "
-                    "a model may set model, loss and data.options"
-                )
-        if set(entry.get("data", {})) - {"options"}:
-            raise ConfigError(f"study model {label!r}: only data.options may differ between models (one split)")
         for variant, extra in variants.items():
             name = f"{label}-{variant}" if variant else str(label)
-            models[name] = _merge(entry, extra or {})
+            merged = _merge(entry, extra or {})
+            for key in merged:
+                if key not in ("model", "loss", "data", "init_from"):
+                    raise ConfigError(
+                        f"study model {name!r}: {key!r} cannot differ between models (shared budget); "
+                        "a model may set model, loss, data.options and init_from"
+                    )
+            if set(merged.get("data", {})) - {"options"}:
+                raise ConfigError(f"study model {name!r}: only data.options may differ between models (one split)")
+            if "init_from" in merged:
+                inits[name] = str(merged.pop("init_from"))
+                stage = inits[name].partition(":")[0]
+                if stage not in stages:
+                    raise ConfigError(
+                        f"study model {name!r}: init_from {inits[name]!r} names no stage of the study "
+                        f"(stages: {', '.join(stages) or 'none'}); write STAGE:PREFIX"
+                    )
+            models[name] = merged
     tuning = {str(k).removeprefix("train."): list(v) for k, v in (values.get("tuning") or {}).items()}
     train_keys = set(config_from_dict({}).train.__dataclass_fields__)
     bad = sorted(set(tuning) - train_keys)
@@ -157,6 +204,10 @@ def parse_study(values: Mapping[str, Any]) -> Study:
     reference = str(values.get("reference") or next(iter(models)))
     if reference not in models:
         raise ConfigError(f"study reference {reference!r} is not one of the models: {', '.join(models)}")
+    contrasts = [tuple(map(str, pair)) for pair in values.get("contrasts") or []]
+    for pair in contrasts:
+        if len(pair) != 2 or not set(pair) <= set(models) or pair[0] == pair[1]:
+            raise ConfigError(f"study contrast {list(pair)}: give two different models of {', '.join(models)}")
     study = Study(
         base,
         models,
@@ -165,7 +216,12 @@ def parse_study(values: Mapping[str, Any]) -> Study:
         int(values.get("n_boot", 2000)),
         str(values.get("title", "Study")),
         parse_readers(values.get("readers") or {}),
+        stages,
+        inits,
+        [(a, b) for a, b in contrasts],
     )
+    for name in study.stages:
+        stage_config(study, name)
     for name in models:  # every run's config must be valid before anything is trained
         for point in study.grid():
             run_config(study, name, point)
@@ -192,10 +248,32 @@ def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     return parse_study(_merge(read_yaml(path, "study"), overrides or {}))
 
 
-def run_config(study: Study, model: str, point: Mapping[str, Any]) -> ExperimentConfig:
-    """The config of one run: shared base, the model's overrides, one grid point."""
-    values = _merge(_merge(study.base, study.models[model]), {"train": dict(point)})
-    return config_from_dict(values)
+def run_config(study: Study, model: str, point: Mapping[str, Any], out: Path = Path()) -> ExperimentConfig:
+    """The config of one run: shared base, the model's overrides, one grid point, and the stage it starts
+    from (a run folder under ``out``)."""
+    train = dict(point)
+    if model in study.inits:
+        stage, _, prefix = study.inits[model].partition(":")
+        train["init_from"] = f"{out / STAGES_DIR / stage}:{prefix}"
+    return config_from_dict(_merge(_merge(study.base, study.models[model]), {"train": train}))
+
+
+def stage_config(study: Study, name: str) -> ExperimentConfig:
+    """The config of a stage: the shared base with the stage's own data, model, loss and training."""
+    return config_from_dict(_merge(study.base, study.stages[name]))
+
+
+def train_stages(study: Study, out: Path, verbose: bool) -> dict[str, dict[str, Any]]:
+    """Train each stage once (resumable) into ``OUT/stages/NAME``; its best validation monitor per stage."""
+    done = {}
+    for name in study.stages:
+        run_dir = out / STAGES_DIR / name
+        log.info("study: stage %s", name)
+        train(stage_config(study, name), run_dir, resume=(run_dir / LAST_CHECKPOINT).is_file(), verbose=verbose)
+        best = load_checkpoint(run_dir / BEST_CHECKPOINT)
+        done[name] = {"run": str(run_dir), "monitor": best["monitor"], "value": float(best["value"])}
+        done[name]["epoch"] = best["epoch"]
+    return done
 
 
 def _point_name(point: Mapping[str, Any]) -> str:
@@ -234,12 +312,15 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
         The summary also written to ``study.json``.
     """
     out = Path(out_dir)
+    for config in [stage_config(study, name) for name in study.stages]:
+        build_checked_model(config, task_of(config))
     for name in study.models:  # every model builds before the data are read or a folder is written
         config = run_config(study, name, study.grid()[0])
         task = task_of(config)
         build_checked_model(config, task)
         if study.readers and not isinstance(task.head, BinaryHead):
             raise ConfigError("study readers (sensitivity, specificity) need a binary task")
+    stages = train_stages(study, out, verbose)
     shared = _shared_split(study, out)
     tuning: dict[str, dict[str, Any]] = {}
     chosen: dict[str, Path] = {}
@@ -247,7 +328,7 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
     for name in study.models:
         scores = {}
         for point in study.grid():
-            config = run_config(study, name, point)
+            config = run_config(study, name, point, out)
             task = task_of(config)
             head = task.head
             run_dir = out / name / _point_name(point)
@@ -296,6 +377,7 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
             for name, r in results.items()
         },
         "comparisons": comparisons,
+        "stages": stages,
         "costs": costs,
         "n_cases": results[study.reference]["n_cases"],
         "n_patients": results[study.reference]["n_patients"],
@@ -330,19 +412,20 @@ def study_plots(
 def compare_runs(
     study: Study, chosen: Mapping[str, Path], results: Mapping[str, Mapping], head: Head
 ) -> list[dict[str, Any]]:
-    """Paired tests of every model against the reference, on all test cases and on each subset."""
+    """Paired tests of every model against the reference, and of the study's contrasts, on all test cases and
+    on each subset."""
     predictions = {name: load_predictions(run / "eval-test") for name, run in chosen.items()}
-    reference = predictions[study.reference]
     config = run_config(study, study.reference, study.grid()[0])
     task = task_of(config)
     subsets = {"all test cases": None, **task.subsets()}
     by_id = {c.case_id: c for c in load_task_manifest(task, config.data.path, skip_bad=True).cases}
+    pairs = [(name, study.reference) for name in predictions if name != study.reference]
+    pairs += [pair for pair in study.contrasts if pair not in pairs and pair[::-1] not in pairs]
     comparisons = []
-    for name, pred in predictions.items():
-        if name == study.reference:
-            continue
+    for name, other in pairs:
+        pred, reference = predictions[name], predictions[other]
         if not np.array_equal(pred["case_id"], reference["case_id"]):
-            raise OsteoscopeError(f"{name} and {study.reference} were evaluated on different test cases")
+            raise OsteoscopeError(f"{name} and {other} were evaluated on different test cases")
         known = head.known(reference["targets"])
         for subset, keep in subsets.items():
             mask = known & np.array([keep is None or keep(by_id[c]) for c in reference["case_id"]])
@@ -353,12 +436,12 @@ def compare_runs(
                 pred["values"][mask],
                 reference["values"][mask],
                 results[name]["operating_point"],
-                results[study.reference]["operating_point"],
+                results[other]["operating_point"],
                 reference["patient_id"][mask],
                 study.n_boot,
                 0,
             )
-            comparisons.append({"model": name, "reference": study.reference, "subset": subset, **test})
+            comparisons.append({"model": name, "reference": other, "subset": subset, **test})
     return comparisons
 
 
@@ -380,6 +463,25 @@ def maps_section(results: Mapping[str, Mapping]) -> str:
         header = ["model", *(k.replace("_", " ") for k in (*keys, *plain)), "cases"]
         parts += [f"## {name}", markdown_table(header, table)]
     return "\n\n".join(parts)
+
+
+def stages_section(stages: Mapping[str, Mapping[str, Any]], out: Path) -> str:
+    """The stages trained before the models: run, best validation monitor, and a pretext stage's figure."""
+    if not stages:
+        return ""
+    rows = [[name, s["run"], s["monitor"], f"{s['value']:.4f}", s["epoch"]] for name, s in stages.items()]
+    figures = [
+        f"![{name}: held-out translations]({figure.relative_to(out)})"
+        for name, s in stages.items()
+        if (figure := Path(s["run"]) / TRANSLATIONS_FIGURE).is_file()
+    ]
+    return "\n\n".join(
+        [
+            "## Stages (trained once, before the models that start from them)",
+            markdown_table(["stage", "run", "monitor", "best", "epoch"], rows),
+            *figures,
+        ]
+    )
 
 
 def readers_line(readers: Mapping[str, Mapping[str, float]]) -> str:
@@ -408,6 +510,7 @@ def study_report(
     monitor = next(iter(next(iter(summary["tuning"]["per_model"].values()))["points"].values()))["monitor"]
     subsets = sorted({s for r in results.values() for s in r["subsets"]})
     plots = "\n\n".join(f"![{name}]({Path(path).name})" for name, path in summary["plots"].items())
+    contrasted = any(c["reference"] != summary["reference"] for c in summary["comparisons"])
     parts = [
         f"# {summary['title']}",
         provenance_lines(summary["provenance"]),
@@ -422,7 +525,8 @@ def study_report(
         plots,
         training_section(histories, head, out, "training"),
         maps_section(results),
-        "## Paired tests against the reference",
+        stages_section(summary.get("stages") or {}, out),
+        "## Paired tests against the reference" + (" and between contrasted models" if contrasted else ""),
         tests_table(summary["comparisons"]) if summary["comparisons"] else "(only one model)",
         "## Tuning: the same grid for every model, chosen on validation",
         f"Grid: {json.dumps(summary['tuning']['grid'])}; shared budget: {json.dumps(summary['tuning']['budget'])}",
