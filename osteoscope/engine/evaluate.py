@@ -219,6 +219,7 @@ def evaluate_run(
     result["maps"] = {
         e.name: {**e.metrics, "markdown": e.markdown} for e in task.evaluate_maps(cases, map_files, out, n_boot)
     }
+    result["robustness"] = _robustness(run, scored, targets, values, groups[known], operating, n_boot, seed)
     result["plots"] = head.plots(
         {run.model_name: (targets, values)}, {run.model_name: result["overall"]}, out, groups=groups[known]
     )
@@ -263,6 +264,30 @@ def _operating_point(run: Run, builder) -> dict[str, Any]:
     val_cases = [case for case in own.cases if run.splits.get(case.case_id) == "val"]
     val = _predict(run, val_cases, builder) if val_cases else None
     return run.task.head.operating_point(*((val.targets, val.values) if val is not None else (None, None)))
+
+
+def _robustness(
+    run: Run,
+    cases: Sequence[Case],
+    targets: np.ndarray,
+    values: np.ndarray,
+    groups: np.ndarray,
+    operating: dict[str, Any],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The model on the same cases under each of the task's test-time changes: metrics at the same decision
+    rule, and the paired test against the unchanged cases."""
+    head = run.task.head
+    builder = run.task.builder(False, None)  # uncached: a cache holds the unchanged images under the same ids
+    result = {}
+    for name, change in run.task.test_variants().items():
+        changed = _predict(run, [change(case) for case in cases], builder).values
+        result[name] = {
+            "overall": head.evaluate(targets, changed, groups, operating, n_boot, seed),
+            "versus_unchanged": head.compare(targets, changed, values, operating, operating, groups, n_boot, seed),
+        }
+    return result
 
 
 def _predict(run: Run, cases: Sequence[Case], builder, maps_dir: Path | None = None) -> Inference:

@@ -89,6 +89,7 @@ from osteoscope.report.summary import (
     provenance,
     provenance_lines,
     provenance_section,
+    robustness_section,
     tests_table,
     training_section,
 )
@@ -373,6 +374,7 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
                 "overall": r["overall"],
                 "subsets": r["subsets"],
                 "maps": r.get("maps", {}),
+                "robustness": r.get("robustness", {}),
             }
             for name, r in results.items()
         },
@@ -525,6 +527,7 @@ def study_report(
         plots,
         training_section(histories, head, out, "training"),
         maps_section(results),
+        robustness_section(head, results),
         stages_section(summary.get("stages") or {}, out),
         "## Paired tests against the reference" + (" and between contrasted models" if contrasted else ""),
         tests_table(summary["comparisons"]) if summary["comparisons"] else "(only one model)",

@@ -248,9 +248,41 @@ def write_evaluation_report(
         )
     parts += ["## Plots", _images(result.get("plots", {}), path.parent), examples]
     parts += [f"## {name}\n\n{maps['markdown']}" for name, maps in result.get("maps", {}).items()]
+    parts.append(robustness_section(head, {result["model"]: result}))
     if info:
         parts.append(provenance_section(info, config))
     return write_report("\n\n".join(p for p in parts if p) + "\n", path, title)[1]
+
+
+def robustness_section(head: Head, results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The headline of each model on the unchanged test cases and under each test-time change (e.g. a protocol
+    dropped), with the paired difference from unchanged; empty when no result has such changes."""
+    results = {name: r for name, r in results.items() if r.get("robustness")}
+    if not results:
+        return ""
+    changes = list(next(iter(results.values()))["robustness"])
+    rows = []
+    for name, r in results.items():
+        cells = [name, interval(r["overall"][head.headline])]
+        for change in changes:
+            changed = r["robustness"][change]
+            test = changed["versus_unchanged"]
+            cells.append(
+                f"{interval(changed['overall'][head.headline])}; {difference_text(test)}, "
+                f"p {number(test['p_value'], '.3g')}"
+            )
+        rows.append(cells)
+    caption = (
+        f"{head.headline.replace('_', ' ')} on the unchanged test cases and with each change made at test time "
+        "(same decision rule); after each: the paired difference from unchanged [95% CI] and its p."
+    )
+    return "\n\n".join(
+        [
+            "## Robustness: test cases changed at test time",
+            caption,
+            markdown_table(["model", "unchanged", *changes], rows),
+        ]
+    )
 
 
 def comparison_table(head: Head, results: Mapping[str, Mapping[str, Any]], subset: str | None = None) -> str:
@@ -263,18 +295,24 @@ def comparison_table(head: Head, results: Mapping[str, Mapping[str, Any]], subse
     return head.table(rows)
 
 
+def difference_text(test: Mapping[str, Any]) -> str:
+    """A paired test's difference with its 95% interval, e.g. ``+0.031 [-0.012, +0.074]``."""
+    if not all(number(test[k]) != "n/a" for k in ("difference", "ci_low", "ci_high")):
+        return NOT_ESTIMABLE
+    return f"{test['difference']:+.3f} [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]"
+
+
 def tests_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
     """Paired tests of each model against the reference: difference, interval, p, McNemar."""
     rows = []
     for c in comparisons:
         mcnemar = c.get("mcnemar")
-        estimable = all(number(c[k]) != "n/a" for k in ("difference", "ci_low", "ci_high"))
         rows.append(
             [
                 f"{c['model']} vs {c['reference']}",
                 c["subset"],
                 f"{c['test']} ({c['metric']})",
-                f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if estimable else NOT_ESTIMABLE,
+                difference_text(c),
                 number(c["p_value"], ".3g"),
                 "" if mcnemar is None else f"b={mcnemar['b']}, c={mcnemar['c']}, p={mcnemar['p_value']:.3g}",
             ]

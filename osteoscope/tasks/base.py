@@ -253,6 +253,11 @@ class Task(ABC):
         """Further evaluations from the saved extra outputs (none by default)."""
         return []
 
+    def test_variants(self) -> dict[str, Callable[[Case], Case]]:
+        """Named changes of a test case (e.g. one MR protocol dropped) under which evaluation scores the model
+        again, for a robustness table; none by default."""
+        return {}
+
     def evaluate_maps(
         self, cases: Sequence[Case], maps: Mapping[str, Sequence[Path]], out: Path, n_boot: int
     ) -> list[MapEvaluation]:
