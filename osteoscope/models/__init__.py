@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from osteoscope.models import adapters, ast, sranet, timm_baselines, volume_baselines
+from osteoscope.models import adapters, ast, mr_fusion, sranet, timm_baselines, volume_baselines
 from osteoscope.models.registry import (
     build_model,
     create_model,
@@ -21,6 +21,7 @@ __all__ = [
     "get_model_factory",
     "list_model_prefixes",
     "list_models",
+    "mr_fusion",
     "register_model",
     "register_model_prefix",
     "sranet",
