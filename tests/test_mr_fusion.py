@@ -200,3 +200,13 @@ def test_both_stages_run_in_the_engine_and_the_protocol_weights_are_saved(stagin
         present = np.array([bool(manifest[row["case_id"]][f"image_{p}"]) for p in protocols])
         assert weights.shape == (5,) and abs(weights.sum() - 1) < 1e-2
         assert np.all(weights[~present] == 0) and np.all(weights[present] > 0)
+
+
+def test_the_plain_vgg_baseline_stacks_the_protocols_as_channels_at_the_fusions_widths() -> None:
+    vgg = create_model("mr-vgg", preset="small", in_chans=10)
+    fusion = create_model("mr-fusion", preset="small")
+    assert vgg(image=torch.randn(2, 10, 64, 64))["logits"].shape == (2, 4)
+    widths = [m.out_channels for m in vgg.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [m.out_channels for m in fusion.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    with pytest.raises(ConfigError, match="stack: channels"):
+        vgg(image=torch.randn(2, 5, 1, 64, 64))

@@ -375,3 +375,40 @@ def create_mr_fusion(
         spatial_kernel=spatial_kernel, pool=pool, fusion=fusion, protocol_embedding=protocol_embedding,
         attn_drop=attn_drop, drop_rate=drop_rate,
     )  # fmt: skip
+
+
+class PlainVgg(nn.Module):
+    """The seed's plain VGG baseline: the protocols stacked as the channels of one image (the task's ``stack:
+    channels``, with its present-planes), the stager's :class:`VggEncoder` at the same widths, a global average
+    pool, dropout and one linear layer. No attention, no fusion, no pretraining: what the seed's +6.8 points are
+    measured against."""
+
+    def __init__(
+        self, in_chans: int, num_classes: int, widths: Sequence[int], convs: Sequence[int], drop_rate: float
+    ) -> None:
+        super().__init__()
+        self.encoder = VggEncoder(in_chans, widths, convs)
+        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(widths[-1], num_classes))
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``image`` (B, C, H, W) -> ``logits`` (B, num_classes)."""
+        if image.ndim != 4:
+            raise ConfigError(f"mr-vgg takes image (batch, channels, H, W), got {tuple(image.shape)}; stack: channels")
+        return {"logits": self.head(self.encoder(image)[-1].mean(dim=(2, 3)))}
+
+
+@register_model("mr-vgg", presets=MR_FUSION_PRESETS)
+def create_mr_vgg(
+    preset: str = "base",
+    in_chans: int = 10,
+    num_classes: int = 4,
+    widths: Sequence[int] | None = None,
+    convs: Sequence[int] | None = None,
+    drop_rate: float = 0.3,
+) -> nn.Module:
+    """The plain VGG baseline of the MR staging paper at the widths of ``mr-fusion``'s preset (see
+    :class:`PlainVgg`)."""
+    cfg = resolve_preset(MR_FUSION_PRESETS, preset, {"widths": widths, "convs": convs})
+    if len(cfg["widths"]) != len(cfg["convs"]):
+        raise ConfigError("mr-vgg: widths and convs need one entry per stage")
+    return PlainVgg(in_chans, num_classes, cfg["widths"], cfg["convs"], drop_rate)
