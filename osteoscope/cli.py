@@ -38,6 +38,10 @@ def phantom(
         ),
     ] = None,
     preview: Annotated[Path | None, typer.Option(help="Also write a contact sheet PNG of the cases.")] = None,
+    pairs: Annotated[
+        int | None,
+        typer.Option(help="onfh-mr-staging: unlabelled MR-CT pairs in pretext/ for the pretext stage (default 3 x n)."),
+    ] = None,
 ) -> None:
     """Generate a synthetic dataset with ground truth in the manifest format."""
     from rich.progress import Progress
@@ -47,13 +51,15 @@ def phantom(
     with Progress(transient=True) as bar:
         job = bar.add_task(f"phantom {task}", total=n)
         options = {"fmt": fmt} if fmt is not None else {}
+        if pairs is not None:
+            options["unlabelled_pairs"] = pairs
         path = generate_phantom(
             task,
             out,
             n=n,
             seed=seed,
             subtlety=subtlety,
-            progress=lambda i, total: bar.update(job, completed=i),
+            progress=lambda i, total: bar.update(job, completed=i, total=total),
             **options,
         )
     typer.echo(f"wrote {n} studies: {path}")
@@ -416,6 +422,65 @@ def boxes_ct(
     else:
         results = fill_boxes(dataset, overwrite=overwrite, skip_bad=skip_bad, side=side, progress=show)
     typer.echo(summary(results, check=check))
+
+
+@app.command("import-mr")
+def import_mr(
+    studies: Annotated[list[Path], typer.Argument(help="DICOM study folders (searched recursively): one case each.")],
+    out: Annotated[Path, typer.Option(help="Dataset folder: images/ and manifest.csv (new rows are appended).")],
+    mapping: Annotated[
+        Path | None, typer.Option(help="YAML protocol rules tried before the shipped ones (docs/manifest.md).")
+    ] = None,
+    reference: Annotated[
+        str, typer.Option(help="Protocol whose grid all are resampled onto (else the study's first protocol).")
+    ] = "t1",
+    pick: Annotated[
+        list[str] | None,
+        typer.Option(help="PROTOCOL=SERIES: the series (SeriesNumber or UID) of a protocol, e.g. t2=7; repeatable."),
+    ] = None,
+    label: Annotated[int | None, typer.Option(help="ARCO stage 0-3 (I-IV) of the studies; default unlabelled.")] = None,
+    patient_id: Annotated[
+        str | None, typer.Option(help="patient_id of the studies (default: DICOM PatientID).")
+    ] = None,
+    case_id: Annotated[str | None, typer.Option(help="case_id of the one study (default: its folder's name).")] = None,
+    head_slice: Annotated[
+        int | None, typer.Option(help="Slice through the femoral head along --slice-axis (default: the middle).")
+    ] = None,
+    slice_axis: Annotated[
+        int, typer.Option(help="Axis --head-slice counts along: 0 axial, 1 coronal, 2 sagittal (as the task's).")
+    ] = 0,
+    dry_run: Annotated[bool, typer.Option(help="Print how the series would be assigned; write nothing.")] = False,
+) -> None:
+    """Import DICOM MR studies for onfh-mr-staging: series to protocols by rules, resampled onto one grid."""
+    from osteoscope.engine.runs import setup_logging
+    from osteoscope.tasks.onfh_mr_staging.importer import ImportedCase, import_studies, load_mapping, plan_studies
+
+    setup_logging()
+    picks = _named(pick, "--pick")
+    if dry_run:
+        for plan in plan_studies(studies, load_mapping(mapping), picks):
+            typer.echo(f"{plan.folder}:" + "".join(f"\n  {line}" for line in plan.lines()))
+        return
+
+    def show(i: int, n: int, case: ImportedCase) -> None:
+        about = f"patient {case.patient_id}, reference {case.reference}"
+        typer.echo(f"[{i}/{n}] {case.plan.folder} -> case {case.case_id} ({about}):")
+        typer.echo("".join(f"  {line}\n" for line in case.plan.lines()), nl=False)
+
+    cases = import_studies(
+        studies,
+        out,
+        mapping=mapping,
+        reference=reference,
+        picks=picks,
+        label=label,
+        patient_id=patient_id,
+        case_id=case_id,
+        head_slice=head_slice,
+        slice_axis=slice_axis,
+        progress=show,
+    )
+    typer.echo(f"imported {len(cases)} case(s) into {out / 'manifest.csv'}")
 
 
 @app.command()
