@@ -353,12 +353,17 @@ class VolumeWithMask(MaskedImage):
 class MultiProtocol(CachedBuilder):
     """Several images of one case (e.g. five MR protocols), missing ones as zeros, each resized to ``size``.
 
-    ``stack="protocols"`` serves ``image`` as (P, 1, *size) for fusion models that encode each protocol;
-    ``stack="channels"`` serves (P, *size) as channels of one image for a plain CNN, followed, with
-    ``present_planes``, by one constant plane per protocol (1 present, 0 missing) so the network can tell
-    a missing protocol from a dark one. ``present`` (P,) is always given. With ``target_column`` (a pretext
-    stage) the image in that column, resized and normalised alike and moved by the same augmentation, is
-    the ``label`` (1, *size).
+    With a 2-D ``size`` a protocol may be a 3-D volume: it is cut to ``slices`` (odd) adjacent slices across
+    ``slice_axis``, centred on the index in the case's ``head_column`` (the middle slice, ``n // 2``, when the
+    cell is empty or the column absent); past the volume's end the edge slice repeats. A 2-D image is one
+    slice and needs ``slices`` 1. A 3-D ``size`` takes each volume whole (``slices`` 1).
+
+    ``stack="protocols"`` serves ``image`` as (P, slices, *size) for fusion models that encode each protocol;
+    ``stack="channels"`` serves (P * slices, *size) (protocol by protocol, slices in order) as channels of one
+    image for a plain CNN, followed, with ``present_planes``, by one constant plane per protocol (1 present, 0
+    missing) so the network can tell a missing protocol from a dark one. ``present`` (P,) is always given.
+    With ``target_column`` (a pretext stage) the image in that column (of a volume, its head slice), resized
+    and normalised alike and moved by the same augmentation, is the ``label`` (1, *size).
     """
 
     inputs: ClassVar[tuple[str, ...]] = ("image", "present")
@@ -366,37 +371,75 @@ class MultiProtocol(CachedBuilder):
     size: tuple[int, ...] = (64, 64)
     stack: str = "channels"
     present_planes: bool = True
+    slices: int = 1
+    slice_axis: int = 0
+    head_column: str = "head_slice"
     target_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.stack not in ("protocols", "channels"):
             raise ValueError(f"stack must be protocols or channels, got {self.stack!r}")
+        if self.slices < 1 or self.slices % 2 == 0 or (self.slices > 1 and len(self.size) != 2):
+            raise ConfigError(f"slices must be odd, and 1 with a 3-D size; got {self.slices} with size {self.size}")
+
+    def planes(self, case: Case, column: str) -> np.ndarray:
+        """The image in ``column`` as (slices, *size) before normalisation: a volume's slices about the head
+        slice when ``size`` is 2-D, else the image itself."""
+        image = read_case_image(case, column, 3 if len(self.size) == 3 else None)
+        array = image.array.astype(np.float32, copy=False)
+        if len(self.size) == 3 or array.ndim == 2:
+            if self.slices > 1:
+                raise DataError(
+                    f"column {column} holds a 2-D image; slices: {self.slices} needs 3-D volumes",
+                    case_id=case.case_id,
+                    path=image.meta.get("path"),
+                )
+            return resize(array, self.size)[None]
+        count = array.shape[self.slice_axis]
+        text = case.extra.get(self.head_column, "").strip()
+        try:
+            centre = count // 2 if not text else int(text)
+        except ValueError:
+            raise DataError(
+                f"column {self.head_column}: {text!r} is not a slice index (a whole number from 0)",
+                case_id=case.case_id,
+            ) from None
+        if not 0 <= centre < count:
+            raise DataError(
+                f"column {self.head_column}: slice {centre} is outside the {count} slices along axis {self.slice_axis}",
+                case_id=case.case_id,
+                path=image.meta.get("path"),
+            )
+        around = np.clip(np.arange(centre - self.slices // 2, centre + self.slices // 2 + 1), 0, count - 1)
+        planes = np.moveaxis(np.take(array, around, axis=self.slice_axis), self.slice_axis, 0)
+        return np.stack([resize(plane, self.size) for plane in planes])
 
     def decode(self, case: Case) -> Arrays:
         stack, present = [], []
         for column in self.columns:
             if case.images.get(column) is None:
-                stack.append(np.zeros(self.size, np.float32))
+                stack.append(np.zeros((self.slices, *self.size), np.float32))
                 present.append(False)
                 continue
-            (array,) = robust_normalise([resize(read_array(case, column, len(self.size)), self.size)])
-            stack.append(array)
+            (planes,) = robust_normalise([self.planes(case, column)])
+            stack.append(planes)
             present.append(True)
         if not any(present):
             raise DataError(f"none of the images {', '.join(self.columns)} is present", case_id=case.case_id)
-        arrays = {"image": np.stack(stack), "present": np.array(present)}
+        arrays = {"image": np.concatenate(stack), "present": np.array(present)}
         if self.target_column is not None:
-            target = read_array(case, self.target_column, len(self.size))
-            (arrays["target"],) = robust_normalise([resize(target, self.size)])
+            target = self.planes(case, self.target_column)
+            (arrays["target"],) = robust_normalise([target[len(target) // 2]])
         return arrays
 
     def assemble(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         present = torch.from_numpy(np.array(arrays["present"]))
-        image = tensor(arrays["image"]) * present.view(-1, *([1] * len(self.size)))  # missing stay zero
+        spatial = [1] * len(self.size)
+        image = tensor(arrays["image"]) * present.repeat_interleave(self.slices).view(-1, *spatial)  # missing: 0
         if self.stack == "protocols":
-            image = image[:, None]
+            image = image.view(len(self.columns), self.slices, *self.size)
         elif self.present_planes:
-            planes = present.float().view(-1, *([1] * len(self.size))).expand(-1, *self.size)
+            planes = present.float().view(-1, *spatial).expand(-1, *self.size)
             image = torch.cat([image, planes])
         sample = {"image": image, "present": present}
         if "target" in arrays:
@@ -406,7 +449,7 @@ class MultiProtocol(CachedBuilder):
     @property
     def channels(self) -> int:
         """Input channels of ``image`` in ``stack="channels"`` mode."""
-        return len(self.columns) * (2 if self.present_planes else 1)
+        return len(self.columns) * (self.slices + (1 if self.present_planes else 0))
 
 
 @dataclass(kw_only=True)

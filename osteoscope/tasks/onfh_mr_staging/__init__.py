@@ -6,6 +6,11 @@ one image to a plain CNN, followed by one constant present-plane per protocol; `
 (P, 1, H, W) for fusion models that encode each protocol. The label column ``label`` holds 0-3 for
 ARCO I-IV.
 
+With a 2-D ``size`` a 3-D protocol volume (NIfTI, DICOM series; ``osteoscope import-mr`` writes them) is cut
+to ``slices`` adjacent slices along ``slice_axis``, centred on the manifest's ``head_slice`` (the slice
+through the femoral head; the middle one when empty): extra channels per protocol, so ``stack: channels``
+gives P x slices images then the P present-planes, and ``stack: protocols`` (P, slices, H, W).
+
 ``target: ct`` is the self-supervised pretext stage of the paper: the same MR input, the paired CT
 (``image_ct``) as an image target, an L1 loss, the validation error as the monitor, and no labels needed, so
 a manifest of unlabelled MR-CT pairs works. A staging run then starts from its encoder with
@@ -28,6 +33,7 @@ from osteoscope.phantoms import onfh_mr_staging as onfh_mr_phantom
 from osteoscope.tasks.base import AugmentOptions, Schema, Task, class_index
 
 STAGES = ("ARCO I", "ARCO II", "ARCO III", "ARCO IV")
+HEAD_SLICE = "head_slice"  # manifest column: index of the slice through the femoral head along slice_axis
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,10 @@ class Options(AugmentOptions):
         size: Size every protocol is resized to, (H, W) or (D, H, W).
         stack: ``channels`` (one multi-channel image) or ``protocols`` ((P, 1, ...) per protocol).
         present_planes: With ``stack: channels``, append one constant 0/1 plane per protocol.
+        slices: With a 2-D ``size``: adjacent slices of a 3-D volume per protocol (odd, centred on
+            ``head_slice``), fed as that many channels per protocol; 2-D images need 1.
+        slice_axis: The axis of a volume (z, y, x) as read that slices are cut across; NIfTI and DICOM series
+            are read in patient axes, so 0 = axial, 1 = coronal, 2 = sagittal slices.
     """
 
     target: str = "stage"
@@ -47,6 +57,8 @@ class Options(AugmentOptions):
     size: tuple[int, ...] = (64, 64)
     stack: str = "channels"
     present_planes: bool = True
+    slices: int = 1
+    slice_axis: int = 0
     rotate_deg: float = 10.0
     scale: float = 0.1
     translate: float = 0.05
@@ -58,6 +70,12 @@ class Options(AugmentOptions):
             raise ConfigError(f"data.options.stack must be channels or protocols, got {self.stack!r}")
         if not self.protocols:
             raise ConfigError("data.options.protocols must name at least one protocol")
+        if self.slices < 1 or self.slices % 2 == 0:
+            raise ConfigError(f"data.options.slices must be odd (centred on the head slice), got {self.slices}")
+        if self.slice_axis not in (0, 1, 2):
+            raise ConfigError(f"data.options.slice_axis must be 0, 1 or 2, got {self.slice_axis}")
+        if self.slices > 1 and len(self.size) != 2:
+            raise ConfigError("data.options.slices > 1 cuts slices from volumes: give a 2-D size, e.g. [64, 64]")
 
 
 class OnfhMrStaging(Task):
@@ -80,8 +98,10 @@ class OnfhMrStaging(Task):
     @property
     def schema(self) -> Schema:
         if self.options.target == "ct":
-            return Schema(required=("image_ct",), any_of=self.columns)
-        return Schema(labels=("label",), label_values={"label": (0, 1, 2, 3)}, any_of=self.columns)
+            return Schema(required=("image_ct",), any_of=self.columns, optional=(HEAD_SLICE,))
+        return Schema(
+            labels=("label",), label_values={"label": (0, 1, 2, 3)}, any_of=self.columns, optional=(HEAD_SLICE,)
+        )
 
     def target(self, case: Case) -> torch.Tensor:
         return class_index(case.labels.get("label"))
@@ -94,6 +114,9 @@ class OnfhMrStaging(Task):
             size=o.size,
             stack=o.stack,
             present_planes=o.present_planes,
+            slices=o.slices,
+            slice_axis=o.slice_axis,
+            head_column=HEAD_SLICE,
             target_column="image_ct" if pretext else None,
             target=None if pretext else self.target,
             augmentation=o.augmentation() if train else None,
@@ -106,7 +129,10 @@ class OnfhMrStaging(Task):
 
     def model_kwargs(self) -> dict[str, Any]:
         o = self.options
-        channels = len(o.protocols) * (2 if o.present_planes else 1) if o.stack == "channels" else 1
+        if o.stack == "channels":
+            channels = len(o.protocols) * (o.slices + (1 if o.present_planes else 0))
+        else:
+            channels = o.slices
         return {
             "in_chans": channels,
             "num_protocols": len(o.protocols),
