@@ -19,18 +19,23 @@ a manifest of unlabelled MR-CT pairs works. A staging run then starts from its e
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from osteoscope.data.cache import DecodedCache
 from osteoscope.data.datasets import MultiProtocol
 from osteoscope.data.manifest import Case
 from osteoscope.errors import ConfigError
-from osteoscope.heads import Head, MulticlassHead, PretextHead
+from osteoscope.heads import Head, MulticlassHead, PretextHead, markdown_table
 from osteoscope.phantoms import onfh_mr_staging as onfh_mr_phantom
-from osteoscope.tasks.base import AugmentOptions, Schema, Task, class_index
+from osteoscope.tasks.base import AugmentOptions, MapEvaluation, Schema, Task, class_index
 
 STAGES = ("ARCO I", "ARCO II", "ARCO III", "ARCO IV")
 HEAD_SLICE = "head_slice"  # manifest column: index of the slice through the femoral head along slice_axis
@@ -127,6 +132,20 @@ class OnfhMrStaging(Task):
         """The paired CT of the pretext stage is a CT; every protocol an MR."""
         return (frozenset({"CT"}) if column == "image_ct" else self.modalities), self.body_parts
 
+    def test_variants(self) -> dict[str, Callable[[Case], Case]]:
+        """Each protocol dropped at test time (a case keeps it when it is its only protocol), to measure how
+        much the model relies on it."""
+        return {f"without {p}": functools.partial(_drop_protocol, column=f"image_{p}") for p in self.options.protocols}
+
+    def evaluate_maps(
+        self, cases: Sequence[Case], maps: Mapping[str, Sequence[Path]], out: Path, n_boot: int
+    ) -> list[MapEvaluation]:
+        """The inter-modality weights (``protocol_weights``, one per protocol and case): the mean weight of each
+        protocol over all cases (metrics) and per ARCO stage (report)."""
+        if "protocol_weights" not in maps or self.options.target != "stage":
+            return []
+        return [protocol_weights_by_stage(cases, maps["protocol_weights"], self.options.protocols)]
+
     def model_kwargs(self) -> dict[str, Any]:
         o = self.options
         if o.stack == "channels":
@@ -139,6 +158,31 @@ class OnfhMrStaging(Task):
             "img_size": o.size,
             "spatial_dims": len(o.size),
         }
+
+
+def _drop_protocol(case: Case, column: str) -> Case:
+    """The case without the image in ``column``, unless that is its only image."""
+    if not any(c != column and path for c, path in case.images.items() if c.startswith("image_")):
+        return case
+    return dataclasses.replace(case, images={c: path for c, path in case.images.items() if c != column})
+
+
+def protocol_weights_by_stage(cases: Sequence[Case], files: Sequence[Path], protocols: Sequence[str]) -> MapEvaluation:
+    """Mean inter-modality weight per protocol, over all cases and per ARCO stage (true label)."""
+    weights = np.stack([np.load(f).astype(np.float64).reshape(-1) for f in files])
+    labels = np.array([int(c.labels["label"]) if c.labels.get("label") is not None else -1 for c in cases])
+    rows = [
+        [f"{STAGES[k]} ({int((labels == k).sum())} cases)", *(f"{w:.3f}" for w in weights[labels == k].mean(axis=0))]
+        for k in range(len(STAGES))
+        if (labels == k).any()
+    ]
+    rows.append([f"all ({len(cases)} cases)", *(f"{w:.3f}" for w in weights.mean(axis=0))])
+    markdown = (
+        "Mean inter-modality attention weight of each protocol (which protocol the model relied on), by the "
+        "cases' true stage; a missing protocol has weight 0.\n\n" + markdown_table(["stage", *protocols], rows)
+    )
+    metrics = {"cases": len(cases), **{p: float(w) for p, w in zip(protocols, weights.mean(axis=0), strict=True)}}
+    return MapEvaluation("Inter-modality attention per protocol", metrics, markdown)
 
 
 TASK = OnfhMrStaging
