@@ -14,7 +14,7 @@ gives P x slices images then the P present-planes, and ``stack: protocols`` (P, 
 ``target: ct`` is the self-supervised pretext stage of the paper: the same MR input, the paired CT
 (``image_ct``) as an image target, an L1 loss, the validation error as the monitor, and no labels needed, so
 a manifest of unlabelled MR-CT pairs works. A staging run then starts from its encoder with
-``--init-from PRETEXT_RUN:backbone.``.
+``--init-from PRETEXT_RUN:backbone.`` (a ``timm:`` model) or ``PRETEXT_RUN:encoder.`` (``mr-fusion``).
 """
 
 from __future__ import annotations
