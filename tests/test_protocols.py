@@ -330,6 +330,14 @@ def test_study_map_table_has_a_row_per_model_with_intervals_and_plain_figures() 
     assert [line.split("|")[1].strip() for line in lines[4:]] == ["a", "b"]  # c has no maps: no row
     assert "0.600 [0.500, 0.700]" in lines[4] and "0.250" in lines[4] and lines[4].rstrip("| ").endswith("7")
 
+    accounts = {
+        name: {"maps": {"Weights": {"cases": 3, "t1": 0.5, "markdown": f"per stage of {name}"}}} for name in "ab"
+    }
+    text = maps_section(accounts)
+    assert "### Weights: a\n\nper stage of a" in text and "### Weights: b\n\nper stage of b" in text
+    with_figures = {"a": {"maps": {"Attention": {**scored(0.6), "markdown": "![case](attention/c.png)"}}}}
+    assert "attention/c.png" not in maps_section(with_figures)  # would not resolve from the study folder
+
 
 def test_study_trains_a_stage_once_and_its_variants_start_from_it(mr: Path, tmp_path: Path) -> None:
     """A pretext stage on the unlabelled pairs, a model with a scratch and a pretrained variant, and a contrast

@@ -450,7 +450,7 @@ def compare_runs(
 def maps_section(results: Mapping[str, Mapping]) -> str:
     """One table per map evaluation (e.g. patch attention against the lesion) with a row per model that has
     it: every interval figure of the evaluation, its plain figures (e.g. the level by chance), and its case
-    count."""
+    count; then each model's own account of it (e.g. per stage) unless that links figures."""
     names = sorted({name for r in results.values() for name in r.get("maps", {})})
     parts = []
     for name in names:
@@ -464,6 +464,8 @@ def maps_section(results: Mapping[str, Mapping]) -> str:
         ]
         header = ["model", *(k.replace("_", " ") for k in (*keys, *plain)), "cases"]
         parts += [f"## {name}", markdown_table(header, table)]
+        if not any("![" in m.get("markdown", "") for m in rows.values()):  # figures would not resolve from here
+            parts += [f"### {name}: {model}\n\n{m['markdown']}" for model, m in rows.items() if m.get("markdown")]
     return "\n\n".join(parts)
 
 
