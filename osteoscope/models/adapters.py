@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from osteoscope.errors import ConfigError
+from osteoscope.models.layers import conv_bn_relu
 from osteoscope.models.registry import register_model_prefix
 
 ImgSize = int | Sequence[int]
@@ -244,13 +245,9 @@ class TimmClassifier(nn.Module):
         return {"logits": self.backbone(image)}
 
 
-def _conv_norm_act(in_ch: int, out_ch: int, kernel_size: int = 3) -> nn.Sequential:
-    """Conv (no bias) -> BatchNorm -> ReLU, padded to keep the spatial size."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    )
+def _conv_norm_act(in_ch: int, out_ch: int) -> nn.Sequential:
+    """One size-preserving 3x3 conv (no bias) -> BatchNorm -> ReLU, as a module of its own."""
+    return nn.Sequential(*conv_bn_relu(in_ch, out_ch))
 
 
 class TimmTranslator(nn.Module):

@@ -31,6 +31,17 @@ class SpatialAttention(nn.Module):
         return x * attn, attn
 
 
+def conv_bn_relu(in_chans: int, out_chans: int, convs: int = 1, spatial_dims: int = 2) -> list[nn.Module]:
+    """``convs`` times (3x3 or 3^3 convolution without bias, batch norm, ReLU), size-preserving: the VGG unit,
+    as a flat list so a caller can put it in its own ``nn.Sequential``; the first takes ``in_chans``."""
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if spatial_dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [conv(in_chans if i == 0 else out_chans, out_chans, 3, padding=1, bias=False), norm(out_chans)]
+        layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
 class ConvBlock(nn.Module):
     """Two 3×3 conv–BN–ReLU layers then 2×2 max pooling.
 

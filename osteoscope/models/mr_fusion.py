@@ -61,6 +61,7 @@ from torch import nn
 
 from osteoscope.errors import ConfigError
 from osteoscope.models.adapters import _check_task
+from osteoscope.models.layers import conv_bn_relu
 from osteoscope.models.registry import register_model, resolve_preset
 
 MR_FUSION_PRESETS: dict[str, dict[str, object]] = {
@@ -108,15 +109,8 @@ class VggEncoder(nn.Module):
         stages: list[nn.Module] = []
         cin = in_chans
         for i, (width, n) in enumerate(zip(widths, convs, strict=True)):
-            layers: list[nn.Module] = [nn.MaxPool2d(2)] if i else []
-            for _ in range(n):
-                layers += [
-                    nn.Conv2d(cin, width, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                ]
-                cin = width
-            stages.append(nn.Sequential(*layers))
+            stages.append(nn.Sequential(*([nn.MaxPool2d(2)] if i else []), *conv_bn_relu(cin, width, n)))
+            cin = width
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -286,15 +280,7 @@ class MrFusionTranslator(nn.Module):
         self.encoder = ProtocolEncoder(num_protocols, in_chans, widths, convs, shared_encoder)
         blocks = []
         for i in reversed(range(len(widths) - 1)):
-            layers: list[nn.Module] = []
-            for j in range(decoder_convs):
-                cin = widths[i + 1] + widths[i] if j == 0 else widths[i]
-                layers += [
-                    nn.Conv2d(cin, widths[i], 3, padding=1, bias=False),
-                    nn.BatchNorm2d(widths[i]),
-                    nn.ReLU(inplace=True),
-                ]
-            blocks.append(nn.Sequential(*layers))
+            blocks.append(nn.Sequential(*conv_bn_relu(widths[i + 1] + widths[i], widths[i], decoder_convs)))
         self.decoder = nn.ModuleList(blocks)
         self.out = nn.Conv2d(widths[0], out_chans, 1)
 

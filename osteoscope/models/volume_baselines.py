@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from osteoscope.errors import ConfigError
+from osteoscope.models.layers import conv_bn_relu
 from osteoscope.models.registry import register_model, resolve_preset, volume_size
 
 VGG3D_PRESETS: dict[str, dict[str, object]] = {
@@ -47,14 +48,8 @@ class Vgg3d(nn.Module):
         layers: list[nn.Module] = []
         cin = in_chans
         for width, n in zip(widths, convs, strict=True):
-            for _ in range(n):
-                layers += [
-                    nn.Conv3d(cin, width, 3, padding=1, bias=False),
-                    nn.BatchNorm3d(width),
-                    nn.ReLU(inplace=True),
-                ]
-                cin = width
-            layers.append(nn.MaxPool3d(2))
+            layers += [*conv_bn_relu(cin, width, n, spatial_dims=3), nn.MaxPool3d(2)]
+            cin = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(cin, num_classes)
