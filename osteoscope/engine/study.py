@@ -205,10 +205,12 @@ def parse_study(values: Mapping[str, Any]) -> Study:
     reference = str(values.get("reference") or next(iter(models)))
     if reference not in models:
         raise ConfigError(f"study reference {reference!r} is not one of the models: {', '.join(models)}")
-    contrasts = [tuple(map(str, pair)) for pair in values.get("contrasts") or []]
-    for pair in contrasts:
+    contrasts: list[tuple[str, str]] = []
+    for pair in values.get("contrasts") or []:
+        pair = tuple(map(str, pair))
         if len(pair) != 2 or not set(pair) <= set(models) or pair[0] == pair[1]:
             raise ConfigError(f"study contrast {list(pair)}: give two different models of {', '.join(models)}")
+        contrasts.append(pair)
     study = Study(
         base,
         models,
@@ -219,7 +221,7 @@ def parse_study(values: Mapping[str, Any]) -> Study:
         parse_readers(values.get("readers") or {}),
         stages,
         inits,
-        [(a, b) for a, b in contrasts],
+        contrasts,
     )
     for name in study.stages:
         stage_config(study, name)
@@ -271,10 +273,14 @@ def train_stages(study: Study, out: Path, verbose: bool) -> dict[str, dict[str, 
         run_dir = out / STAGES_DIR / name
         log.info("study: stage %s", name)
         train(stage_config(study, name), run_dir, resume=(run_dir / LAST_CHECKPOINT).is_file(), verbose=verbose)
-        best = load_checkpoint(run_dir / BEST_CHECKPOINT)
-        done[name] = {"run": str(run_dir), "monitor": best["monitor"], "value": float(best["value"])}
-        done[name]["epoch"] = best["epoch"]
+        done[name] = best_record(run_dir)
     return done
+
+
+def best_record(run_dir: Path) -> dict[str, Any]:
+    """What a run's ``best.pt`` says of it: the monitor, its best value and epoch, and the run folder."""
+    best = load_checkpoint(run_dir / BEST_CHECKPOINT)
+    return {"monitor": best["monitor"], "value": float(best["value"]), "epoch": best["epoch"], "run": str(run_dir)}
 
 
 def _point_name(point: Mapping[str, Any]) -> str:
@@ -336,14 +342,7 @@ def run_study(study: Study, out_dir: str | Path, *, verbose: bool = True, thread
             log.info("study: %s, %s", name, _point_name(point))
             train(config, run_dir, resume=(run_dir / LAST_CHECKPOINT).is_file(), verbose=verbose, splits=shared)
             check_split(run_dir, shared)
-            best = load_checkpoint(run_dir / BEST_CHECKPOINT)
-            scores[_point_name(point)] = {
-                "point": point,
-                "monitor": best["monitor"],
-                "value": float(best["value"]),
-                "epoch": best["epoch"],
-                "run": str(run_dir),
-            }
+            scores[_point_name(point)] = {"point": point, **best_record(run_dir)}
         pick = (max if head.mode == "max" else min)(scores, key=lambda k: scores[k]["value"])
         tuning[name] = {"chosen": pick, "points": scores}
         chosen[name] = Path(scores[pick]["run"])
