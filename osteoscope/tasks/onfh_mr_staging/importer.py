@@ -437,10 +437,15 @@ def resample(moving: Image, reference: Image) -> tuple[np.ndarray, float]:
     return out, covered / out.size
 
 
+def _nifti_affine(index_to_lps: np.ndarray) -> np.ndarray:
+    """The NIfTI (i, j, k) -> RAS affine of a (z, y, x) volume with this index -> patient LPS map."""
+    return _LPS_TO_RAS @ np.asarray(index_to_lps, float) @ _ZYX_TO_IJK
+
+
 def write_volume(volume: np.ndarray, index_to_lps: np.ndarray, path: Path) -> Path:
     """Write a (z, y, x) float32 volume with its index -> patient LPS map as NIfTI (RAS affine, qform and
     sform), so :func:`~osteoscope.data.readers.read_image` places it in the patient exactly."""
-    affine = _LPS_TO_RAS @ np.asarray(index_to_lps, float) @ _ZYX_TO_IJK
+    affine = _nifti_affine(index_to_lps)
     nifti = nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0), dtype=np.float32), affine)
     nifti.set_qform(affine, code=1)
     nifti.set_sform(affine, code=1)
@@ -452,7 +457,7 @@ def write_volume(volume: np.ndarray, index_to_lps: np.ndarray, path: Path) -> Pa
 def read_axes(index_to_lps: np.ndarray) -> tuple[int, int, int]:
     """For each axis (z, y, x) of a volume with this geometry, the axis it becomes when its NIfTI is read
     back (the reader turns volumes to patient axes: 0 axial, 1 coronal, 2 sagittal)."""
-    orientation = io_orientation(_LPS_TO_RAS @ np.asarray(index_to_lps, float) @ _ZYX_TO_IJK)
+    orientation = io_orientation(_nifti_affine(index_to_lps))
     return tuple(2 - int(orientation[2 - axis, 0]) for axis in range(3))  # type: ignore[return-value]
 
 
